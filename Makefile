@@ -1,0 +1,33 @@
+# Two commands: `make app` (dashboard on the embedded default) and `make test` (whole suite).
+# Both create the local virtualenv .venv from requirements*.txt when it is missing or stale.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.deps-stamp
+PORT    ?= 8501
+PYTEST_ARGS ?=
+
+.PHONY: setup app test bench clean-venv
+
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements-dev.txt
+	$(BIN)/python -m pip install -q --no-deps -e .
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+app: $(STAMP)
+	$(BIN)/python -m streamlit run app/main.py --server.port $(PORT)
+
+# pytest exits 5 when it collects no test: that is a broken suite here, reported as such.
+test: $(STAMP)
+	@$(BIN)/python -m pytest -q $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: the suite is broken"; exit 1; fi; exit $$rc
+
+bench: $(STAMP)
+	$(BIN)/python bench/bench_synthetic.py
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,21 @@
+"""Exceptions with messages meant for people.
+
+Every error that bad input can cause (a missing folder, a truncated PNG, a label id out of range, a
+checkpoint from another model) is raised as a subclass of :class:`NpdgError`. The CLI prints its
+message and exits with status 2; the dashboard shows it with ``st.error``. A bare traceback means a
+bug in npdg, not in the user's input.
+"""
+
+from __future__ import annotations
+
+
+class NpdgError(Exception):
+    """Base class for errors caused by the user's input or environment."""
+
+
+class DataError(NpdgError):
+    """A dataset, image or label file is missing, unreadable or malformed."""
+
+
+class ConfigError(NpdgError):
+    """A configuration value, command-line option or argument is invalid."""
