@@ -1,0 +1,1 @@
+"""The npdg Streamlit dashboard (entry: ``app/main.py``). Pages live in ``pages/``."""

@@ -1,0 +1,27 @@
+"""Small rendering pieces shared by pages (Streamlit-only; no engine logic here)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import streamlit as st
+
+from npdg.labels import CLASS_NAMES, PALETTE
+
+
+def class_chips(train_ids: Iterable[int]) -> None:
+    """A colour legend as inline chips: a swatch in the class colour and the class name."""
+    chips = []
+    for t in train_ids:
+        r, g, b = (int(v) for v in PALETTE[t])
+        text = "#000" if 0.299 * r + 0.587 * g + 0.114 * b > 140 else "#fff"
+        chips.append(
+            f"<span style='background:rgb({r},{g},{b});color:{text};padding:2px 8px;"
+            f"border-radius:10px;margin:2px;display:inline-block;font-size:0.85em'>{t} {CLASS_NAMES[t]}</span>"
+        )
+    st.markdown(" ".join(chips), unsafe_allow_html=True)
+
+
+def error_box(exc: Exception) -> None:
+    """Show a user-facing error (never a traceback)."""
+    st.error(f"{type(exc).__name__}: {exc}")

@@ -1,0 +1,31 @@
+"""Dashboard entry point: ``streamlit run app/main.py`` (or ``make app``).
+
+Sets up the page, puts the repository root on ``sys.path`` (so pages can import ``app`` and
+``npdg`` from a plain checkout) and declares the navigation. Each page is a short script in
+``pages/`` that wires widgets to :mod:`npdg.service` and renders.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import streamlit as st  # noqa: E402
+
+st.set_page_config(page_title="npdg — NPDG dashboard", page_icon="🪨", layout="wide")
+
+PAGES = [
+    st.Page("../pages/data.py", title="Data", icon="🏙️", url_path="data", default=True),
+]
+
+nav = st.navigation(PAGES)
+with st.sidebar:
+    st.caption(
+        "**npdg** — NPDG (Luo, Liu & Yang, IJCV 2024): find the filters that break under domain "
+        "shift, prune them, and generalize better with a cheaper model."
+    )
+nav.run()

@@ -1,0 +1,106 @@
+"""End-to-end: start the dashboard, open it in headless Debian chromium, move a widget, screenshot.
+
+In CI (``CI=true``) a missing browser is a failure; elsewhere the test is skipped without one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = ROOT / "tests" / "e2e" / "artifacts"
+FLAGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
+]
+IDLE = "[data-testid='stApp'][data-test-script-state='notRunning']"
+
+pytestmark = pytest.mark.e2e
+
+
+def _need_browser():
+    if not Path(CHROMIUM).exists():
+        msg = f"Debian chromium not found at {CHROMIUM} (apt-get install chromium)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(msg)
+        pytest.skip(msg)
+    try:
+        from playwright.sync_api import sync_playwright  # noqa: F401
+    except ImportError as exc:  # pragma: no cover
+        pytest.fail(f"playwright is not installed: {exc}")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server():
+    _need_browser()
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app" / "main.py"), "--server.port", str(port),
+         "--server.headless", "true", "--server.address", "127.0.0.1"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail(f"streamlit did not become healthy: {proc.stdout.read()[-2000:]}")
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def test_data_page_in_chromium(server):
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1100})
+        page.goto(f"{server}/?domains=source,photo,night,fog,toon,suburb", wait_until="domcontentloaded")
+        page.wait_for_selector(IDLE, timeout=120_000)
+        page.get_by_text("Data — one scene, many domains").wait_for(timeout=60_000)
+        page.wait_for_selector("[data-testid='stImage'] img", timeout=60_000)
+        assert page.locator("[data-testid='stImage'] img").count() == 6
+        before = page.locator("[data-testid='stImage'] img").first.get_attribute("src")
+
+        slider = page.get_by_role("slider").first
+        slider.focus()
+        for _ in range(6):
+            page.keyboard.press("ArrowRight")
+        page.wait_for_function(
+            "(src) => { const i = document.querySelector(\"[data-testid='stImage'] img\"); return i && i.src !== src; }",
+            arg=before, timeout=60_000,
+        )
+        page.wait_for_selector(IDLE, timeout=120_000)
+        page.wait_for_url("**opacity=0.8*", timeout=30_000)
+        assert page.get_by_text("0.80").count() >= 1
+        page.wait_for_timeout(500)
+        page.screenshot(path=str(ARTIFACTS / "data_page.png"), full_page=True)
+        assert not page.locator("[data-testid='stException']").count()
+        browser.close()
+    assert (ARTIFACTS / "data_page.png").stat().st_size > 20_000

@@ -1,0 +1,78 @@
+"""The Data page under Streamlit's AppTest: it renders, and its widgets change what is shown."""
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+APP = str(Path(__file__).resolve().parent.parent / "app" / "main.py")
+
+
+def _image_urls(at: AppTest) -> list[str]:
+    """Media URLs of the rendered images; Streamlit names media files by a hash of their bytes."""
+    urls = []
+    for el in at.get("image"):
+        urls.extend(img.url for img in el.proto.imgs)
+    return urls
+
+
+@pytest.fixture()
+def app() -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_renders_default_domains(app):
+    assert app.title[0].value.startswith("Data")
+    urls = _image_urls(app)
+    assert len(urls) == len(app.multiselect(key="data_domains").value) >= 5
+    assert len(set(urls)) == len(urls)  # every domain looks different
+    assert not app.error
+
+
+def test_scene_opacity_view_and_classes_change_the_images(app):
+    before = _image_urls(app)
+    app.number_input(key="data_scene").set_value(3).run()
+    after_scene = _image_urls(app)
+    assert set(after_scene).isdisjoint(before)
+
+    app.slider(key="data_opacity").set_value(0.9).run()
+    after_opacity = _image_urls(app)
+    assert set(after_opacity).isdisjoint(after_scene)
+
+    classes = app.multiselect(key="data_classes_val_3")
+    classes.set_value(classes.value[:1]).run()
+    assert set(_image_urls(app)).isdisjoint(after_opacity)
+
+    app.radio(key="data_view").set_value("Image").run()
+    images_only = _image_urls(app)
+    app.radio(key="data_view").set_value("Labels").run()
+    assert set(_image_urls(app)).isdisjoint(images_only)
+    assert not app.exception
+
+
+def test_domain_selection_and_deep_link(app):
+    app.multiselect(key="data_domains").set_value(["source", "night"]).run()
+    assert len(_image_urls(app)) == 2
+    assert app.query_params["domains"] == "source,night"
+    assert app.query_params["scene"] == "0"
+
+
+def test_empty_domain_selection_explains(app):
+    app.multiselect(key="data_domains").set_value([]).run()
+    assert not _image_urls(app)
+    assert "Pick at least one domain" in app.info[0].value
+
+
+def test_query_params_open_the_linked_view():
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params["scene"] = "7"
+    at.query_params["domains"] = "fog,bogus"
+    at.query_params["opacity"] = "nonsense"
+    at.run()
+    assert not at.exception
+    assert at.number_input(key="data_scene").value == 7
+    assert at.multiselect(key="data_domains").value == ["fog"]
+    assert at.slider(key="data_opacity").value == 0.5
