@@ -17,6 +17,7 @@ from npdg.errors import NpdgError
 #: Modules that provide ``register(subparsers)``, in the order their commands are listed in --help.
 COMMAND_MODULES: tuple[str, ...] = (
     "npdg.data.cli",
+    "npdg.dsp.cli",
     "npdg.train_cli",
     "npdg.evaluate_cli",
 )
