@@ -20,6 +20,9 @@ COMMAND_MODULES: tuple[str, ...] = (
     "npdg.dsp.cli",
     "npdg.train_cli",
     "npdg.evaluate_cli",
+    "npdg.sensitivity_cli",
+    "npdg.pruning.cli",
+    "npdg.cost_cli",
 )
 
 

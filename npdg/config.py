@@ -41,7 +41,11 @@ MODES: tuple[str, ...] = (
     "npdg_unary",
     "npdg_binary",
 )
-IMPLEMENTED_MODES: tuple[str, ...] = ("erm", "photometric")
+#: Sparse-training modes (METHOD §4): CE on [clean, DSP] batches + λ_s Σ w̃|γ| (npdg.pruning.sparsity).
+SPARSITY_MODES: tuple[str, ...] = ("slimming", "npdg", "npdg_unary", "npdg_binary")
+#: Style-perturbed training (METHOD §0): CE on [clean, DSP-stylized] batches; ``dsp`` ascends ε.
+DSP_MODES: tuple[str, ...] = ("dsp", "dsp_random")
+IMPLEMENTED_MODES: tuple[str, ...] = ("erm", "photometric") + DSP_MODES + SPARSITY_MODES
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adamw")
 
 #: Default source: the embedded synthetic source domain (resolved by :func:`resolve_source`).
@@ -132,6 +136,42 @@ class EvalConfig:
     include_source: bool = True
 
 
+# ---- DSP and sparsity sections (sparse-training modes; the dsp section also serves dsp/dsp_random)
+@dataclass(frozen=True)
+class DSPConfig:
+    """The trained DSP used to stylize training batches (``python -m npdg dsp train`` output)."""
+
+    #: DSP folder (dsp.json + dsp.safetensors); required by the npdg* modes.
+    path: str | None = None
+    #: Gradient-ascent steps on ε per iteration (0 = random styles, no ascent).
+    ascent_steps: int = 1
+    #: Ascent step size (None → the rule's default: 1.0 normalized, 20 for ASM).
+    step_size: float | None = None
+    #: Re-draw ε from N(0, I) every this many iterations (0 = never).
+    reset_every: int = 10
+    #: Content strength α of AdaIN blending (None → the DSP's own).
+    alpha: float | None = None
+    #: Ascent rule: normalized | asm.
+    rule: str = "normalized"
+
+
+@dataclass(frozen=True)
+class SparsityConfig:
+    """Sparse training (modes slimming / npdg / npdg_unary / npdg_binary): ``γ.grad += λ_s·w̃·sign(γ)``."""
+
+    #: Strength λ_s of the γ penalty (Network Slimming: 1e-4 VGG, 1e-5 ResNet).
+    lambda_s: float = 1e-4
+    #: How many times the sensitivity weights w are recomputed during sparse training (npdg modes).
+    refresh: int = 4
+    #: λ combining unary and binary sensitivity (npdg; npdg_unary forces 1, npdg_binary forces 0).
+    lam: float = 0.4
+    #: Unary statistic: share (share of variance explained by style) | raw.
+    unary: str = "share"
+    #: Source images and DSP styles per image of each sensitivity probe.
+    probe_images: int = 8
+    styles: int = 4
+
+
 @dataclass(frozen=True)
 class Config:
     """A complete run configuration."""
@@ -140,6 +180,8 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    dsp: DSPConfig = field(default_factory=DSPConfig)
+    sparsity: SparsityConfig = field(default_factory=SparsityConfig)
 
     @property
     def crop(self) -> tuple[int, int]:
@@ -147,7 +189,14 @@ class Config:
         return self.train.crop if self.train.crop is not None else self.data.size
 
 
-SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "eval": EvalConfig}
+SECTIONS: dict[str, type] = {
+    "model": ModelConfig,
+    "data": DataConfig,
+    "train": TrainConfig,
+    "eval": EvalConfig,
+    "dsp": DSPConfig,
+    "sparsity": SparsityConfig,
+}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -358,7 +407,34 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"data.length ({d.length}) must be at least train.batch_size ({t.batch_size})")
     if not d.source:
         raise ConfigError("data.source must name a synthetic domain or NAME:ROOT")
+    _validate_dsp_sparsity(cfg)
     return cfg
+
+
+def _validate_dsp_sparsity(cfg: Config) -> None:
+    """Ranges of the ``dsp`` and ``sparsity`` sections; the npdg* modes need ``dsp.path``."""
+    s, g = cfg.sparsity, cfg.dsp
+    if s.lambda_s < 0:
+        raise ConfigError(f"sparsity.lambda_s must be >= 0, got {s.lambda_s}")
+    if s.refresh < 0:
+        raise ConfigError(f"sparsity.refresh must be >= 0, got {s.refresh}")
+    if not 0.0 <= s.lam <= 1.0:
+        raise ConfigError(f"sparsity.lam must be in [0, 1], got {s.lam}")
+    if s.unary not in ("share", "raw"):
+        raise ConfigError(f"sparsity.unary must be share or raw, got {s.unary!r}")
+    if s.probe_images < 1:
+        raise ConfigError(f"sparsity.probe_images must be >= 1, got {s.probe_images}")
+    if s.styles < 2:
+        raise ConfigError(f"sparsity.styles must be >= 2 (variance over styles), got {s.styles}")
+    if g.ascent_steps < 0 or g.reset_every < 0:
+        raise ConfigError(f"dsp.ascent_steps and dsp.reset_every must be >= 0, got {g.ascent_steps}, {g.reset_every}")
+    if g.rule not in ("normalized", "asm"):
+        raise ConfigError(f"dsp.rule must be normalized or asm, got {g.rule!r}")
+    if cfg.train.mode in DSP_MODES + SPARSITY_MODES and cfg.train.mode != "slimming" and not g.path:
+        raise ConfigError(
+            f"train.mode {cfg.train.mode} needs a trained DSP: set dsp.path (e.g. --set dsp.path=runs/dsp), "
+            "made with `python -m npdg dsp train`"
+        )
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from npdg.config import Config, config_to_dict, dump_config, validate
+from npdg.config import DSP_MODES, SPARSITY_MODES, Config, config_to_dict, dump_config, validate
 from npdg.data.transforms import Resize
 from npdg.errors import ConfigError, NpdgError
 from npdg.labels import IGNORE
@@ -483,7 +483,7 @@ def save_weights(model: nn.Module, path: Path, meta: dict[str, str]) -> None:
     except ImportError:  # pragma: no cover - npdg.models is written in parallel
         SegModel, save_model = None, None
     if SegModel is not None and isinstance(model, SegModel):
-        save_model(model, path, extra_meta=meta)
+        save_model(_sparsity_without_gates(model), path, extra_meta=meta)
         return
     from safetensors.torch import save_file
 
@@ -759,6 +759,8 @@ def train(
     dataset = train_dataset if train_dataset is not None else open_dataset(
         cfg.data.source, cfg.data.train_split, cfg.data.size, cfg.data.length
     )
+    if cfg.train.mode in SPARSITY_MODES:  # sparse training: MiT head gates must exist before the optimizer
+        _sparsity_prepare_model(model)
     optimizer = build_optimizer(model, cfg)
     use_amp, amp_dtype, scaler = _amp_setup(cfg, dev)
     aug_gen = torch.Generator().manual_seed(cfg.train.seed * 1000 + info.rank)
@@ -792,6 +794,13 @@ def train(
     all_callbacks = list(callbacks)
     if cfg.train.eval_every > 0 and (eval_datasets is not None or run is not None):
         all_callbacks.append(Callback(cfg.train.eval_every, _periodic_eval(eval_datasets, info), "periodic eval"))
+    grad_hooks = list(grad_hooks)
+    if cfg.train.mode in DSP_MODES:  # style-perturbed training: [clean, DSP-stylized] batches
+        from npdg.dsp.model import dsp_batch_transform
+
+        transforms.append(dsp_batch_transform(cfg, model, dev, mode=cfg.train.mode))
+    if cfg.train.mode in SPARSITY_MODES:
+        _sparsity_extend(cfg, model, dataset, dev, run, info, transforms, grad_hooks, all_callbacks)
 
     # ---- loop
     model.train()
@@ -863,6 +872,36 @@ def train(
         seconds=time.perf_counter() - t0,
         final_eval=final_eval,
     )
+
+
+# ==================================================================================================
+# sparse-training modes (slimming / npdg / npdg_unary / npdg_binary): see npdg.pruning.sparsity
+# ==================================================================================================
+def _sparsity_prepare_model(model: nn.Module) -> None:
+    """Add trainable MiT head gates (the heads' γ) before the optimizer is built; no-op for CNNs."""
+    from npdg.pruning.sparsity import prepare_model
+
+    prepare_model(model)
+
+
+def _sparsity_extend(cfg: Config, model: nn.Module, dataset: Dataset, dev: torch.device, run: RunDir | None,
+                     info: DistInfo, transforms: list, grad_hooks: list, callbacks: list) -> None:
+    """Append the DSP batch transform, the γ-subgradient hook and the sensitivity refresh callback."""
+    from npdg.pruning.sparsity import sparsity_extensions
+
+    ext = sparsity_extensions(cfg, model, dataset, dev, run.root if run is not None else None, info.is_main)
+    transforms.extend(ext.transforms)
+    grad_hooks.extend(ext.grad_hooks)
+    callbacks.extend(ext.callbacks)
+
+
+def _sparsity_without_gates(model: nn.Module) -> nn.Module:
+    """The model to save: head gates (if any) folded into ``proj`` on a copy, so files stay plain."""
+    try:
+        from npdg.pruning.sparsity import without_gates
+    except ImportError:  # pragma: no cover
+        return model
+    return without_gates(model)
 
 
 def _diverged_message(first_bad: int, run: RunDir | None) -> str:

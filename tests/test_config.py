@@ -94,7 +94,7 @@ def test_unknown_key_lists_valid_ones(tmp_path):
         ("data.size=100", "HxW"),
         ("train.batch_size=1", "at least 2"),
         ("train.optimizer=adam", "sgd, adamw"),
-        ("train.mode=npdg", "not implemented yet"),
+        ("train.mode=l1norm", "not implemented yet"),
         ("train.mode=bogus", "unknown; valid modes"),
         ("train.scale_range=2,1", "0 < min <= max"),
         ("train.iters=0", "train.iters must be positive"),

@@ -57,12 +57,21 @@ def test_missing_and_wrong_root(tmp_path):
         diagnose("kitti", tmp_path)
 
 
-def test_missing_split_is_an_error(tmp_path):
+def test_missing_split_is_a_warning_when_another_split_is_usable(tmp_path):
     write_cityscapes(tmp_path, {"train": {"aachen": 1}})
+    rep = diagnose("cityscapes", tmp_path)
+    assert rep.usable
+    assert any(f.level == "warning" and f.message.startswith("val: image folder") for f in rep.findings)
+    assert rep.splits[1].pairs == 0
+
+
+def test_no_usable_split_is_an_error(tmp_path):
+    write_cityscapes(tmp_path, {"train": {"aachen": 1}})
+    for p in (tmp_path / "gtFine").rglob("*.png"):
+        p.unlink()
     rep = diagnose("cityscapes", tmp_path)
     assert not rep.usable
     assert any(f.level == "error" and f.message.startswith("val: image folder") for f in rep.findings)
-    assert rep.splits[1].pairs == 0
 
 
 def test_orphans_listed_by_name(tmp_path):

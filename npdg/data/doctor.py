@@ -139,11 +139,13 @@ def _sample_indices(n: int, sample: int, full: bool) -> list[int]:
     return sorted({int(round(v)) for v in np.linspace(0, n - 1, sample)})
 
 
-def _check_counts(cls: type[RealSegDataset], scan: SplitScan, out: _Collector) -> None:
+def _check_counts(cls: type[RealSegDataset], scan: SplitScan, out: _Collector, missing_level: str = "error") -> None:
+    """Counts against the official release. ``missing_level`` is the level of a missing split folder:
+    a warning when another split of the dataset is usable (a partial download still trains/evaluates)."""
     expected = cls.expected_counts().get(scan.split)
     n, where = len(scan.pairs), f"{scan.split}"
     if not scan.image_dir.is_dir():
-        out.add("error", f"{where}: image folder {scan.image_dir} is missing")
+        out.add(missing_level, f"{where}: image folder {scan.image_dir} is missing")
     elif not scan.images:
         out.add("error", f"{where}: no images in {scan.image_dir}")
     if scan.images and not scan.label_dir.is_dir():
@@ -212,14 +214,15 @@ def diagnose(name: str, root: str | Path, full: bool = False, sample: int = 64) 
         out.add("info", f"{cls.name} ships as one pool: split 'train' is every image; other splits need a "
                         "split file")
     summaries = []
-    for split in cls.disk_splits():
-        scan = cls.scan_split(root, split)
-        _check_counts(cls, scan, out)
+    scans = [cls.scan_split(root, split) for split in cls.disk_splits()]
+    missing_level = "warning" if any(scan.pairs for scan in scans) else "error"
+    for scan in scans:
+        _check_counts(cls, scan, out, missing_level)
         chosen = _sample_indices(len(scan.pairs), sample, full)
         for i in chosen:
             _check_pair(cls, *scan.pairs[i], out)
         summaries.append(SplitSummary(
-            split=split, images=len(scan.images), labels=len(scan.labels), pairs=len(scan.pairs),
-            expected=cls.expected_counts().get(split), orphan_images=len(scan.orphan_images),
+            split=scan.split, images=len(scan.images), labels=len(scan.labels), pairs=len(scan.pairs),
+            expected=cls.expected_counts().get(scan.split), orphan_images=len(scan.orphan_images),
             orphan_labels=len(scan.orphan_labels), checked=len(chosen)))
     return DoctorReport(cls.name, str(root), layout.name, full, tuple(summaries), out.finish())

@@ -435,3 +435,24 @@ class DSPBatchTransform:
         with torch.no_grad():
             styled = self.dsp.stylize(images, eps, alpha=self.alpha).to(images.dtype)
         return torch.cat([images, styled]), torch.cat([labels, labels])
+
+
+def dsp_batch_transform(cfg, segmentor: nn.Module, device: torch.device | str | None, mode: str | None = None,
+                        dsp: DSP | None = None) -> DSPBatchTransform:
+    """The training loop's DSP hook built from a run config's ``dsp`` section (``npdg.config.DSPConfig``).
+
+    ``mode`` ``dsp`` ascends ε against ``segmentor`` for ``dsp.ascent_steps`` steps per iteration;
+    ``dsp_random`` re-draws ε ~ N(0, I) every iteration (METHOD §0). ``None`` picks ``dsp`` when
+    ``dsp.ascent_steps > 0``. ``cfg.dsp.path`` names the folder written by ``npdg dsp train``
+    (loaded unless an already loaded ``dsp`` is given).
+    """
+    g = cfg.dsp
+    if dsp is None:
+        if not g.path:
+            raise ConfigError("this mode needs a trained DSP: set dsp.path (made with `python -m npdg dsp train`)")
+        dsp = DSP.load(g.path, device=device)
+    mode = mode or ("dsp" if g.ascent_steps > 0 else "dsp_random")
+    return DSPBatchTransform(
+        dsp, mode=mode, ascent_steps=g.ascent_steps if mode == "dsp" else 0, step_size=g.step_size,
+        reset_every=g.reset_every, alpha=g.alpha, segmentor=segmentor, rule=g.rule, seed=cfg.train.seed,
+    )

@@ -344,6 +344,17 @@ def _check_expected(spec: ModelSpec, path: Path, arch, encoder, num_classes) -> 
             )
 
 
+def _replay_pruning_plan(model: SegModel, path: Path) -> SegModel:
+    """A physically pruned model file has ``pruning_plan.json`` beside it: replay the plan on the
+    dense model so the weights fit (see :mod:`npdg.pruning.physical`); otherwise return ``model``."""
+    plan_path = path.parent / "pruning_plan.json"
+    if not plan_path.is_file():
+        return model
+    from npdg.pruning.physical import replay_plan
+
+    return replay_plan(model, plan_path)
+
+
 def load_model(
     path: str | Path,
     *,
@@ -362,6 +373,7 @@ def load_model(
     spec = spec_from_meta(read_model_meta(path), path)
     _check_expected(spec, path, arch, encoder, num_classes)
     model = build_model(spec.arch, spec.encoder, spec.num_classes, aspp=spec.aspp)
+    model = _replay_pruning_plan(model, path)
     state = read_state_dict(path)
     target = model.net.state_dict()
     missing = [k for k in target if k not in state]

@@ -1,0 +1,84 @@
+"""``python -m npdg cost``: FLOPs, parameters, checkpoint size and measured latency of a model.
+
+Examples::
+
+    python -m npdg cost --checkpoint runs/erm/model.safetensors --size 512x1024 --json cost.json
+    python -m npdg cost --run runs/pruned --size 256x512 --batches 1 --repeats 5
+
+Pruned run directories work too (their ``pruning_plan.json`` is replayed when the model is loaded).
+The JSON holds ``gflops``, ``gmacs_tp`` (torch-pruning's cross-check), ``params``,
+``checkpoint_bytes``, ``latency_ms`` (``batch1``, ``batch8``, ...), ``device`` and ``size``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from npdg.data.transforms import parse_size
+from npdg.errors import ConfigError
+
+
+def _batches(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip() != "")
+    except ValueError:
+        raise ConfigError(f"--batches must be comma-separated integers, e.g. 1,8; got {text!r}") from None
+    if any(v < 1 for v in values):
+        raise ConfigError(f"--batches must be positive, got {text!r}")
+    return values
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "cost",
+        help="FLOPs, parameters and measured latency of a model",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--checkpoint", type=Path, metavar="FILE", help="an npdg model file (.safetensors)")
+    which.add_argument("--run", type=Path, metavar="DIR", help="a run directory (DIR/model.safetensors)")
+    p.add_argument("--size", default="512x1024", metavar="HxW", help="input size (default 512x1024)")
+    p.add_argument("--batches", default="1,8", metavar="B,B", help="batch sizes to time (default 1,8; empty: no timing)")
+    p.add_argument("--warmup", type=int, default=3, metavar="N", help="untimed warm-up forwards (default 3)")
+    p.add_argument("--repeats", type=int, default=10, metavar="N", help="timed forwards, median reported (default 10)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, mps, auto")
+    p.add_argument("--json", type=Path, metavar="OUT", help="write the report as JSON here")
+    p.set_defaults(func=run_cost)
+
+
+def run_cost(args: argparse.Namespace) -> int:
+    from npdg.cost import cost_report
+    from npdg.models import load_model, select_device
+    from npdg.models.weights import resolve_model_path
+
+    path = resolve_model_path(args.checkpoint or args.run)
+    size = parse_size(args.size)
+    model = load_model(path, device=select_device(args.device))
+    report = cost_report(model, size, batches=_batches(args.batches), warmup=args.warmup, repeats=args.repeats, checkpoint=path)
+    lat = ", ".join(f"{k} {v:.1f} ms" for k, v in report.latency_ms.items()) or "not timed"
+    print(f"{path}: {report.gflops:.3f} GFLOPs ({report.gmacs_tp:.3f} GMACs by torch-pruning), "
+          f"{report.params / 1e6:.3f} M params, {report.checkpoint_bytes / 1e6:.2f} MB at {size[0]}x{size[1]} on {report.device}; {lat}")
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report.to_dict(), indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run just this command (tests, or before it is registered in :mod:`npdg.cli`)."""
+    import sys
+
+    from npdg.errors import NpdgError
+
+    parser = argparse.ArgumentParser(prog="python -m npdg")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["cost", *(argv or [])])
+    try:
+        return int(args.func(args) or 0)
+    except NpdgError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,81 @@
+"""``python -m npdg prune``: sparse-train, select, physically prune and fine-tune a trained run.
+
+Examples::
+
+    python -m npdg prune --run runs/erm --rate 0.3 --criterion npdg --sparse-iters 500 \\
+        --finetune-iters 500 --out runs/npdg_r30
+    python -m npdg prune --run runs/slim --threshold 0.1 --criterion slimming --out runs/slim_t01
+    python -m npdg prune --run runs/erm --criterion l1norm --rate 0.3 --out runs/l1_r30
+
+The output directory is a run directory (model.safetensors + pruning_plan.json + cost.json +
+prune.json + config.yaml) that ``eval --run``, ``cost --run`` and ``sensitivity --run`` accept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from npdg.data.transforms import parse_size
+from npdg.errors import NpdgError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "prune",
+        help="prune a trained model (npdg, slimming, l1norm, random) and fine-tune it",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--run", type=Path, required=True, metavar="DIR", help="the trained run directory to prune")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="the new run directory")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--rate", type=float, metavar="R", help="prune this fraction of the units (default 0.3)")
+    how.add_argument("--threshold", type=float, metavar="T", help="prune units with score < T (capped at --max-rate)")
+    p.add_argument("--max-rate", type=float, default=0.3, metavar="R", help="cap of threshold mode (default 0.3)")
+    p.add_argument("--criterion", default="npdg", choices=["npdg", "npdg_unary", "npdg_binary", "slimming", "l1norm", "random"])
+    p.add_argument("--sparse-iters", type=int, default=0, metavar="N",
+                   help="sparse-training iterations for npdg/slimming (0: use γ as they are)")
+    p.add_argument("--finetune-iters", type=int, default=0, metavar="N", help="fine-tuning iterations after pruning")
+    p.add_argument("--dsp", default="auto", metavar="DIR", help="DSP directory (default: assets/dsp_tiny if present; 'none' for plain CE)")
+    p.add_argument("--lambda-s", type=float, metavar="L", help="sparsity weight (default: the run config's)")
+    p.add_argument("--lr", type=float, metavar="LR", help="fine-tuning learning rate (default: the run config's)")
+    p.add_argument("--round-to", type=int, default=8, metavar="N", help="kept channels per group: multiple of N, at least N")
+    p.add_argument("--max-layer-ratio", type=float, default=0.9, metavar="F", help="at most this fraction of a group is pruned")
+    p.add_argument("--cost-size", default="512x1024", metavar="HxW", help="input size for the cost report")
+    p.add_argument("--cost-repeats", type=int, default=5, metavar="N", help="timed forwards per latency (median)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random criterion")
+    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
+    p.set_defaults(func=run_prune)
+
+
+def run_prune(args: argparse.Namespace) -> int:
+    from npdg.pruning.pipeline import prune_run
+
+    threshold = args.threshold
+    rate = args.max_rate if threshold is not None else (0.3 if args.rate is None else args.rate)
+    dsp = None if str(args.dsp).lower() == "none" else args.dsp
+    result = prune_run(
+        args.run, args.out, criterion=args.criterion, rate=rate, threshold=threshold,
+        sparse_iters=args.sparse_iters, finetune_iters=args.finetune_iters, dsp_dir=dsp,
+        lambda_s=args.lambda_s, lr=args.lr, round_to=args.round_to, max_layer_ratio=args.max_layer_ratio,
+        cost_size=parse_size(args.cost_size), cost_repeats=args.cost_repeats, device=args.device,
+        overwrite=args.overwrite, seed=args.seed,
+    )
+    r = result.cost["ratio"]
+    print(f"done: {result.out_dir} (GFLOPs ×{r['gflops']:.3f}, params ×{r['params']:.3f})")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run just this command (tests, or before it is registered in :mod:`npdg.cli`)."""
+    parser = argparse.ArgumentParser(prog="python -m npdg")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["prune", *(argv or [])])
+    try:
+        return int(args.func(args) or 0)
+    except NpdgError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
