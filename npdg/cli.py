@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from pathlib import Path
 
 from npdg import __version__
 from npdg.errors import NpdgError
@@ -38,9 +39,53 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+# --------------------------------------------------------------------------------------------------
+# helpers shared by the command modules
+# --------------------------------------------------------------------------------------------------
+#: ``--device`` help of the commands whose default is ``auto``.
+DEVICE_HELP = "auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps"
+
+
+def add_command(subparsers: argparse._SubParsersAction, name: str, help: str, doc: str) -> argparse.ArgumentParser:
+    """Add sub-command ``name``; its description is the first paragraph of ``doc`` (the module docstring)."""
+    return subparsers.add_parser(
+        name,
+        help=help,
+        description=doc.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def add_device_option(parser: argparse.ArgumentParser, default: str = "auto", help: str = DEVICE_HELP) -> None:
+    """``--device`` (resolved later by ``npdg.models.select_device``)."""
+    parser.add_argument("--device", default=default, help=help)
+
+
+def add_model_source_options(
+    parser: argparse.ArgumentParser,
+    run_help: str,
+    checkpoint_help: str = "an npdg model file (.safetensors)",
+    checkpoint_first: bool = False,
+) -> None:
+    """The required, mutually exclusive ``--run DIR`` / ``--checkpoint FILE`` model source."""
+    which = parser.add_mutually_exclusive_group(required=True)
+    options = [
+        ("--run", dict(type=Path, metavar="DIR", help=run_help)),
+        ("--checkpoint", dict(type=Path, metavar="FILE", help=checkpoint_help)),
+    ]
+    for flag, kwargs in reversed(options) if checkpoint_first else options:
+        which.add_argument(flag, **kwargs)
+
+
+def run_command(register, name: str, argv: list[str] | None = None) -> int:
+    """Parse and run just the sub-command ``name`` that ``register`` adds (tests, standalone use)."""
+    parser = argparse.ArgumentParser(prog="python -m npdg")
+    register(parser.add_subparsers(dest="command", required=True))
+    return dispatch(parser.parse_args([name, *(argv or [])]))
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    """Call the parsed command; a user error (NpdgError) prints one line and gives exit code 2."""
     try:
         return int(args.func(args) or 0)
     except NpdgError as exc:
@@ -49,3 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    return dispatch(parser.parse_args(argv))

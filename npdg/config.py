@@ -12,6 +12,10 @@ parsed as YAML scalars/lists and then converted to the field's type, so ``true``
 :class:`~npdg.errors.ConfigError` listing the valid keys of that section, so a typo never silently
 trains with a default. :func:`dump_config` writes the fully resolved configuration (every field) back
 to YAML; that file, saved in each run directory, reproduces the run.
+
+The machinery is generic over any tree of frozen dataclasses (a root whose fields are sections):
+:func:`tree_from_dict`, :func:`override_tree`, :func:`read_yaml_mapping`, :func:`tree_to_dict` and
+:func:`tree_to_yaml` also serve the DSP training config (``npdg.dsp.train``).
 """
 
 from __future__ import annotations
@@ -289,8 +293,17 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
 
 
 # --------------------------------------------------------------------------------------------------
-# building and overriding
+# generic config trees: a frozen root dataclass whose fields are frozen section dataclasses
 # --------------------------------------------------------------------------------------------------
+T = typing.TypeVar("T")
+
+
+def tree_sections(root: type) -> dict[str, type]:
+    """``{section name: section dataclass}`` of a config tree class, in field order."""
+    hints = _hints(root)
+    return {f.name: hints[f.name] for f in fields(root)}
+
+
 def _section_from_dict(name: str, cls: type, values: dict[str, Any], where: str) -> Any:
     if not isinstance(values, dict):
         raise ConfigError(f"{where}: section '{name}' must be a mapping, got {type(values).__name__}")
@@ -306,43 +319,43 @@ def _section_from_dict(name: str, cls: type, values: dict[str, Any], where: str)
     return cls(**kwargs)
 
 
-def config_from_dict(data: dict[str, Any] | None, where: str = "config") -> Config:
-    """Build and validate a :class:`Config` from a nested dict (missing keys take defaults)."""
+def tree_from_dict(root: type[T], data: dict[str, Any] | None, where: str = "config") -> T:
+    """Build a ``root`` config tree from a nested dict (missing keys take defaults; not validated).
+
+    Values are converted with :func:`coerce`; an unknown section or key raises ConfigError listing
+    the valid ones.
+    """
+    sections = tree_sections(root)
     data = data or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: the top level must be a mapping of sections, got {type(data).__name__}")
-    unknown = sorted(set(data) - set(SECTIONS))
+    unknown = sorted(set(data) - set(sections))
     if unknown:
-        raise ConfigError(f"{where}: unknown section(s) {', '.join(unknown)}; valid sections: {', '.join(SECTIONS)}")
-    sections = {name: _section_from_dict(name, cls, data.get(name) or {}, where) for name, cls in SECTIONS.items()}
-    return validate(Config(**sections))
+        raise ConfigError(f"{where}: unknown section(s) {', '.join(unknown)}; valid sections: {', '.join(sections)}")
+    return root(**{name: _section_from_dict(name, cls, data.get(name) or {}, where) for name, cls in sections.items()})
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Load a YAML file (None → all defaults), apply ``key=value`` overrides, validate."""
-    data: dict[str, Any] = {}
-    where = "defaults"
-    if path is not None:
-        p = Path(path)
-        where = str(p)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{p}: not valid YAML: {exc}") from None
-    cfg = config_from_dict(data, where)
-    return apply_overrides(cfg, overrides)
+def read_yaml_mapping(path: str | Path | None) -> tuple[dict[str, Any], str]:
+    """The YAML file ``path`` as a dict (None → ``{}``) and the name to cite in errors."""
+    if path is None:
+        return {}, "defaults"
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        return yaml.safe_load(p.read_text()) or {}, str(p)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
 
 
-def _split_override(item: str) -> tuple[str, str, Any]:
+def _split_override(item: str, sections: dict[str, type]) -> tuple[str, str, Any]:
     if "=" not in item:
         raise ConfigError(f"override must be written key=value (e.g. train.iters=100), got {item!r}")
     key, raw = item.split("=", 1)
     key = key.strip()
     parts = key.split(".")
-    if len(parts) != 2 or parts[0] not in SECTIONS:
-        raise ConfigError(f"override key must be section.field with section in {', '.join(SECTIONS)}; got {key!r}")
+    if len(parts) != 2 or parts[0] not in sections:
+        raise ConfigError(f"override key must be section.field with section in {', '.join(sections)}; got {key!r}")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
@@ -350,17 +363,70 @@ def _split_override(item: str) -> tuple[str, str, Any]:
     return parts[0], parts[1], value
 
 
-def apply_overrides(cfg: Config, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Return ``cfg`` with dotted ``section.field=value`` overrides applied and validated."""
+def override_tree(cfg: T, overrides: list[str] | tuple[str, ...] = ()) -> T:
+    """Return the config tree ``cfg`` with dotted ``section.field=value`` overrides applied (not validated).
+
+    Values are parsed as YAML and converted to the field's type; an unknown key raises ConfigError
+    listing the valid keys of its section.
+    """
+    sections = tree_sections(type(cfg))
     for item in overrides:
-        section, name, value = _split_override(item)
-        cls = SECTIONS[section]
+        section, name, value = _split_override(item, sections)
+        cls = sections[section]
         valid = [f.name for f in fields(cls)]
         if name not in valid:
             raise ConfigError(f"unknown key '{section}.{name}'; valid keys in '{section}': {', '.join(valid)}")
         new_value = coerce(value, _hints(cls)[name], f"{section}.{name}")
         cfg = replace(cfg, **{section: replace(getattr(cfg, section), **{name: new_value})})
-    return validate(cfg)
+    return cfg
+
+
+def tree_to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain nested dict (tuples → lists) of a config tree, for YAML/JSON and ``torch.load(weights_only=True)``."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, (tuple, list)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return {name: plain(dataclasses.asdict(getattr(cfg, name))) for name in tree_sections(type(cfg))}
+
+
+def tree_to_yaml(cfg: Any) -> str:
+    """The fully resolved config tree as YAML text (every field)."""
+    return yaml.safe_dump(tree_to_dict(cfg), sort_keys=False, default_flow_style=None)
+
+
+# --------------------------------------------------------------------------------------------------
+# building and overriding a Config
+# --------------------------------------------------------------------------------------------------
+def config_from_dict(data: dict[str, Any] | None, where: str = "config") -> Config:
+    """Build and validate a :class:`Config` from a nested dict (missing keys take defaults)."""
+    return validate(tree_from_dict(Config, data, where))
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Load a YAML file (None → all defaults), apply ``key=value`` overrides, validate."""
+    data, where = read_yaml_mapping(path)
+    cfg = config_from_dict(data, where)
+    return apply_overrides(cfg, overrides)
+
+
+def apply_overrides(cfg: Config, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Return ``cfg`` with dotted ``section.field=value`` overrides applied and validated."""
+    return validate(override_tree(cfg, overrides))
+
+
+def check_ranges(positive: dict[str, Any], nonneg: dict[str, Any] | None = None) -> None:
+    """ConfigError naming the first key of ``positive`` that is <= 0, then of ``nonneg`` that is < 0."""
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{key} must be positive, got {value}")
+    for key, value in (nonneg or {}).items():
+        if value < 0:
+            raise ConfigError(f"{key} must be >= 0, got {value}")
 
 
 def validate(cfg: Config) -> Config:
@@ -387,9 +453,6 @@ def validate(cfg: Config) -> Config:
         "eval.batch_size": cfg.eval.batch_size,
         "model.num_classes": cfg.model.num_classes,
     }
-    for key, value in positive.items():
-        if value <= 0:
-            raise ConfigError(f"{key} must be positive, got {value}")
     nonneg = {
         "train.warmup_iters": t.warmup_iters,
         "train.eval_every": t.eval_every,
@@ -397,9 +460,7 @@ def validate(cfg: Config) -> Config:
         "train.weight_decay": t.weight_decay,
         "train.head_lr_mult": t.head_lr_mult,
     }
-    for key, value in nonneg.items():
-        if value < 0:
-            raise ConfigError(f"{key} must be >= 0, got {value}")
+    check_ranges(positive, nonneg)
     lo, hi = t.scale_range
     if not (0 < lo <= hi):
         raise ConfigError(f"train.scale_range must satisfy 0 < min <= max, got {list(t.scale_range)}")
@@ -439,20 +500,12 @@ def _validate_dsp_sparsity(cfg: Config) -> None:
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:
     """Plain nested dict (tuples → lists) suitable for YAML/JSON and ``torch.load(weights_only=True)``."""
-
-    def plain(v: Any) -> Any:
-        if isinstance(v, (tuple, list)):
-            return [plain(x) for x in v]
-        if isinstance(v, dict):
-            return {k: plain(x) for k, x in v.items()}
-        return v
-
-    return {name: plain(dataclasses.asdict(getattr(cfg, name))) for name in SECTIONS}
+    return tree_to_dict(cfg)
 
 
 def dump_config(cfg: Config, path: str | Path | None = None) -> str:
     """Serialize the fully resolved configuration as YAML; also write it to ``path`` if given."""
-    text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=None)
+    text = tree_to_yaml(cfg)
     if path is not None:
         Path(path).write_text(text)
     return text

@@ -16,6 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
+from npdg.cli import add_command, add_device_option, add_model_source_options, run_command
 from npdg.data.transforms import parse_size
 from npdg.errors import ConfigError
 
@@ -31,20 +32,13 @@ def _batches(text: str) -> tuple[int, ...]:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "cost",
-        help="FLOPs, parameters and measured latency of a model",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--checkpoint", type=Path, metavar="FILE", help="an npdg model file (.safetensors)")
-    which.add_argument("--run", type=Path, metavar="DIR", help="a run directory (DIR/model.safetensors)")
+    p = add_command(subparsers, "cost", "FLOPs, parameters and measured latency of a model", __doc__)
+    add_model_source_options(p, run_help="a run directory (DIR/model.safetensors)", checkpoint_first=True)
     p.add_argument("--size", default="512x1024", metavar="HxW", help="input size (default 512x1024)")
     p.add_argument("--batches", default="1,8", metavar="B,B", help="batch sizes to time (default 1,8; empty: no timing)")
     p.add_argument("--warmup", type=int, default=3, metavar="N", help="untimed warm-up forwards (default 3)")
     p.add_argument("--repeats", type=int, default=10, metavar="N", help="timed forwards, median reported (default 10)")
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, mps, auto")
+    add_device_option(p, default="cpu", help="cpu (default), cuda, cuda:N, mps, auto")
     p.add_argument("--json", type=Path, metavar="OUT", help="write the report as JSON here")
     p.set_defaults(func=run_cost)
 
@@ -70,15 +64,4 @@ def run_cost(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Run just this command (tests, or before it is registered in :mod:`npdg.cli`)."""
-    import sys
-
-    from npdg.errors import NpdgError
-
-    parser = argparse.ArgumentParser(prog="python -m npdg")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["cost", *(argv or [])])
-    try:
-        return int(args.func(args) or 0)
-    except NpdgError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run_command(register, "cost", argv)

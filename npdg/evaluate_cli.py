@@ -19,21 +19,15 @@ import os
 from pathlib import Path
 from typing import Any
 
+from npdg.cli import add_command, add_device_option, add_model_source_options
 from npdg.data.transforms import parse_size
 from npdg.errors import ConfigError, DataError
 from npdg.evaluate import AMP_CHOICES, MODES, PROTOCOLS, EvalResult, evaluate, get_protocol
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "eval",
-        help="evaluate a model: mIoU per domain and the mean over held-out targets",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--run", type=Path, metavar="DIR", help="a run directory (uses DIR/model.safetensors)")
-    which.add_argument("--checkpoint", type=Path, metavar="FILE", help="an npdg model file (.safetensors)")
+    p = add_command(subparsers, "eval", "evaluate a model: mIoU per domain and the mean over held-out targets", __doc__)
+    add_model_source_options(p, run_help="a run directory (uses DIR/model.safetensors)")
     p.add_argument("--data", action="append", required=True, metavar="SPEC",
                    help="'synthetic' (the embedded benchmark) or NAME:ROOT for a real dataset, e.g. "
                         "cityscapes:/data/cityscapes; repeat for several")
@@ -46,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--crop", metavar="HxW", help="sliding-window size (with --mode slide)")
     p.add_argument("--stride", metavar="HxW", help="sliding-window stride (with --mode slide)")
     p.add_argument("--batch-size", type=int, default=1, metavar="B")
-    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps")
+    add_device_option(p)
     p.add_argument("--amp", default="auto", choices=AMP_CHOICES, help="mixed precision on CUDA")
     p.add_argument("--num-workers", type=int, default=0, metavar="N", help="data-loading worker processes")
     p.add_argument("--json", type=Path, metavar="OUT", help="write the result JSON here")

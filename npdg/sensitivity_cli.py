@@ -18,17 +18,13 @@ import argparse
 import sys
 from pathlib import Path
 
+from npdg.cli import add_command, add_device_option
 from npdg.errors import ConfigError, DataError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``sensitivity`` sub-command."""
-    p = subparsers.add_parser(
-        "sensitivity",
-        help="per-unit style sensitivity (unary, binary, combined) of a trained model",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = add_command(subparsers, "sensitivity", "per-unit style sensitivity (unary, binary, combined) of a trained model", __doc__)
     p.add_argument("--run", type=Path, required=True, metavar="DIR", help="run directory (model.safetensors + config.yaml)")
     p.add_argument("--dsp", type=Path, required=True, metavar="DIR", help="trained DSP folder (dsp.json + dsp.safetensors)")
     p.add_argument("--out", type=Path, required=True, metavar="FILE", help="output table: .csv or .parquet")
@@ -41,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=4, metavar="B", help="source images per forward (× K styles)")
     p.add_argument("--size", metavar="HxW", help="probe image size (default: the run's data.size)")
     p.add_argument("--seed", type=int, default=0, help="seed of the DSP styles")
-    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps")
+    add_device_option(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_sensitivity)
 

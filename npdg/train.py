@@ -45,6 +45,7 @@ from npdg.config import DSP_MODES, SPARSITY_MODES, Config, config_to_dict, dump_
 from npdg.data.transforms import Resize
 from npdg.errors import ConfigError, NpdgError
 from npdg.labels import IGNORE
+from npdg.models import select_device
 from npdg.runs import (
     RunDir,
     append_metrics,
@@ -147,25 +148,6 @@ def dist_from_env() -> DistInfo:
         )
     except ValueError as exc:
         raise ConfigError(f"invalid torchrun environment (RANK/WORLD_SIZE/LOCAL_RANK): {exc}") from None
-
-
-def select_device(name: str = "auto") -> torch.device:
-    """``auto`` → cuda > mps > cpu (delegates to ``npdg.models.select_device`` when available)."""
-    try:
-        from npdg.models import select_device as models_select_device
-    except ImportError:  # pragma: no cover - npdg.models is written in parallel
-        models_select_device = None
-    if models_select_device is not None:
-        return torch.device(models_select_device(name))
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was requested but no CUDA device is available")
-    return torch.device(name)
 
 
 def setup_distributed(device_name: str = "auto") -> tuple[DistInfo, torch.device]:
@@ -478,11 +460,9 @@ def build_model_from_config(cfg: Config) -> nn.Module:
 
 def save_weights(model: nn.Module, path: Path, meta: dict[str, str]) -> None:
     """Write plain weights: ``npdg.models.save_model`` for a SegModel, raw safetensors otherwise."""
-    try:
-        from npdg.models import SegModel, save_model
-    except ImportError:  # pragma: no cover - npdg.models is written in parallel
-        SegModel, save_model = None, None
-    if SegModel is not None and isinstance(model, SegModel):
+    from npdg.models import SegModel, save_model
+
+    if isinstance(model, SegModel):
         save_model(_sparsity_without_gates(model), path, extra_meta=meta)
         return
     from safetensors.torch import save_file

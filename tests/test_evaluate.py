@@ -341,3 +341,11 @@ def test_miou_agrees_with_the_official_cityscapes_evaluator(tmp_path):
         assert (math.isnan(iou) and math.isnan(theirs)) or iou == pytest.approx(theirs), name
     assert ours.miou == pytest.approx(official["averageScoreClasses"])
     assert 0.1 < ours.miou < 0.9 and 0 < ours.per_class_iou["road"] < 1  # a non-trivial case
+
+
+def test_default_targets_leave_out_source_and_content_shift():
+    from npdg.evaluate import default_targets
+
+    names = ["source", "photo", "night", "suburb", "cityscapes"]
+    assert default_targets(names, "source") == ("photo", "night", "cityscapes")
+    assert default_targets(["gta5", "cityscapes"], "gta5") == ("cityscapes",)

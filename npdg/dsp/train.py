@@ -21,20 +21,17 @@ deployable ``dsp.safetensors`` + ``dsp.json`` (:class:`npdg.dsp.model.DSP`).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
-import typing
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
-from npdg.config import coerce
+from npdg.config import check_ranges, override_tree, read_yaml_mapping, tree_from_dict, tree_to_dict, tree_to_yaml
 from npdg.data.transforms import resize_image
 from npdg.dsp.adain import ENCODER_KINDS, TINY_CHANNELS, StyleDecoder, StyleEncoder, build_decoder, build_encoder
 from npdg.dsp.dvae import OPTIMIZATIONS, AutoencoderTrainer, LossWeights, StyleTrainer, StyleVAE
@@ -150,81 +147,24 @@ class DSPConfig:
         return self.train.pretrain_iters if self.encoder.kind == "tiny" else 0
 
 
-SECTIONS: dict[str, type] = {
-    "encoder": EncoderSection, "data": DataSection, "style": StyleSection, "dvae": DVAESection, "train": TrainSection,
-}  # fmt: skip
-
-
-def _section(name: str, cls: type, values: Any, where: str) -> Any:
-    if not isinstance(values, dict):
-        raise ConfigError(f"{where}: section '{name}' must be a mapping, got {type(values).__name__}")
-    valid = [f.name for f in fields(cls)]
-    unknown = sorted(set(values) - set(valid))
-    if unknown:
-        raise ConfigError(
-            f"{where}: unknown key(s) {', '.join(f'{name}.{k}' for k in unknown)}; valid keys in '{name}': {', '.join(valid)}"
-        )
-    hints = typing.get_type_hints(cls)
-    return cls(**{k: coerce(v, hints[k], f"{name}.{k}") for k, v in values.items()})
-
-
 def dsp_config_from_dict(data: dict | None, where: str = "config") -> DSPConfig:
     """Build and validate a :class:`DSPConfig` from a nested dict (missing keys take defaults)."""
-    data = data or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: the top level must be a mapping of sections")
-    unknown = sorted(set(data) - set(SECTIONS))
-    if unknown:
-        raise ConfigError(f"{where}: unknown section(s) {', '.join(unknown)}; valid sections: {', '.join(SECTIONS)}")
-    return validate(DSPConfig(**{n: _section(n, c, data.get(n) or {}, where) for n, c in SECTIONS.items()}))
+    return validate(tree_from_dict(DSPConfig, data, where))
 
 
 def apply_overrides(cfg: DSPConfig, overrides: list[str] | tuple[str, ...] = ()) -> DSPConfig:
     """Apply ``section.key=value`` overrides (values parsed as YAML) and validate."""
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override must be written key=value (e.g. train.iters=100), got {item!r}")
-        key, raw = item.split("=", 1)
-        parts = key.strip().split(".")
-        if len(parts) != 2 or parts[0] not in SECTIONS:
-            raise ConfigError(f"override key must be section.key with section in {', '.join(SECTIONS)}; got {key!r}")
-        cls = SECTIONS[parts[0]]
-        if parts[1] not in [f.name for f in fields(cls)]:
-            valid = ", ".join(f.name for f in fields(cls))
-            raise ConfigError(f"unknown key '{key.strip()}'; valid keys in '{parts[0]}': {valid}")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            value = raw
-        hint = typing.get_type_hints(cls)[parts[1]]
-        new = coerce(value, hint, key.strip())
-        cfg = replace(cfg, **{parts[0]: replace(getattr(cfg, parts[0]), **{parts[1]: new})})
-    return validate(cfg)
+    return validate(override_tree(cfg, overrides))
 
 
 def load_dsp_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> DSPConfig:
     """Load a DSP config YAML (None → defaults) and apply overrides."""
-    data: dict = {}
-    where = "defaults"
-    if path is not None:
-        p = Path(path)
-        where = str(p)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+    data, where = read_yaml_mapping(path)
     return apply_overrides(dsp_config_from_dict(data, where), overrides)
 
 
 def dsp_config_to_dict(cfg: DSPConfig) -> dict:
-    def plain(v: Any) -> Any:
-        if isinstance(v, (tuple, list)):
-            return [plain(x) for x in v]
-        return v
-
-    return {n: {k: plain(v) for k, v in dataclasses.asdict(getattr(cfg, n)).items()} for n in SECTIONS}
+    return tree_to_dict(cfg)
 
 
 def held_out_domains() -> tuple[str, ...]:
@@ -270,14 +210,9 @@ def validate(cfg: DSPConfig) -> DSPConfig:
                 "train.log_every": t.log_every, "train.sample_every": t.sample_every,
                 "train.checkpoint_every": t.checkpoint_every, "train.sample_images": t.sample_images,
                 "train.sample_styles": t.sample_styles, "style.bank_size": s.bank_size}  # fmt: skip
-    for key, value in positive.items():
-        if value <= 0:
-            raise ConfigError(f"{key} must be positive, got {value}")
     nonneg = {"train.iters": t.iters, "train.pretrain_iters": t.pretrain_iters, "train.lr_decay": t.lr_decay,
               "train.threads": t.threads}  # fmt: skip
-    for key, value in nonneg.items():
-        if value < 0:
-            raise ConfigError(f"{key} must be >= 0, got {value}")
+    check_ranges(positive, nonneg)
     if d.length is not None and d.length < 1:
         raise ConfigError(f"data.length must be positive or null, got {d.length}")
     if not 0.0 <= s.content_fraction <= 1.0:
@@ -711,7 +646,7 @@ def train_dsp(
     run = prepare_out(run_root, resume=resume, overwrite=overwrite)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    atomic_write_text(yaml.safe_dump(dsp_config_to_dict(cfg), sort_keys=False, default_flow_style=None), run.config)
+    atomic_write_text(tree_to_yaml(cfg), run.config)
     training = DSPTraining(cfg, run, progress=progress)
     if resume:
         training.resume()

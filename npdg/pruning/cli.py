@@ -14,20 +14,14 @@ prune.json + config.yaml) that ``eval --run``, ``cost --run`` and ``sensitivity 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
+from npdg.cli import add_command, add_device_option, run_command
 from npdg.data.transforms import parse_size
-from npdg.errors import NpdgError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "prune",
-        help="prune a trained model (npdg, slimming, l1norm, random) and fine-tune it",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = add_command(subparsers, "prune", "prune a trained model (npdg, slimming, l1norm, random) and fine-tune it", __doc__)
     p.add_argument("--run", type=Path, required=True, metavar="DIR", help="the trained run directory to prune")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="the new run directory")
     how = p.add_mutually_exclusive_group()
@@ -46,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--cost-size", default="512x1024", metavar="HxW", help="input size for the cost report")
     p.add_argument("--cost-repeats", type=int, default=5, metavar="N", help="timed forwards per latency (median)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random criterion")
-    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps")
+    add_device_option(p)
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
     p.set_defaults(func=run_prune)
 
@@ -71,11 +65,4 @@ def run_prune(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Run just this command (tests, or before it is registered in :mod:`npdg.cli`)."""
-    parser = argparse.ArgumentParser(prog="python -m npdg")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["prune", *(argv or [])])
-    try:
-        return int(args.func(args) or 0)
-    except NpdgError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run_command(register, "prune", argv)

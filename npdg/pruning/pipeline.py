@@ -173,9 +173,9 @@ def _finetune(cfg, model, out_dir: Path, dsp: Path | None, device: str, progress
 
     transforms = ()
     if dsp is not None:
-        from npdg.pruning.sparsity import dsp_transform, load_dsp
+        from npdg.dsp.model import DSP, dsp_batch_transform
 
-        transforms = (dsp_transform(cfg, load_dsp(dsp, select_device(device)), model),)
+        transforms = (dsp_batch_transform(cfg, model, None, dsp=DSP.load(dsp, device=select_device(device))),)
     log(f"fine-tuning {cfg.train.iters} iterations ({'DSP batches' if dsp else 'plain CE'}) → {out_dir}")
     train(cfg, out_dir, overwrite=True, device=device, model=model, batch_transforms=transforms,
           progress=progress, evaluate_at_end=False, log=log)

@@ -39,6 +39,12 @@ PLAN_VERSION = 1
 PLAN_FILENAME = "pruning_plan.json"
 
 
+def kept_indices(size: int, pruned: tuple[int, ...]) -> tuple[int, ...]:
+    """The indices in ``range(size)`` that are not in ``pruned``, in order."""
+    gone = set(pruned)
+    return tuple(i for i in range(size) if i not in gone)
+
+
 @dataclass(frozen=True)
 class GroupPlan:
     """Pruned channels of one coupling group (root indices) or heads of one attention layer."""
@@ -51,8 +57,7 @@ class GroupPlan:
 
     @property
     def kept(self) -> tuple[int, ...]:
-        gone = set(self.pruned)
-        return tuple(i for i in range(self.size) if i not in gone)
+        return kept_indices(self.size, self.pruned)
 
 
 @dataclass(frozen=True)
@@ -66,8 +71,7 @@ class LayerPlan:
 
     @property
     def kept(self) -> tuple[int, ...]:
-        gone = set(self.pruned)
-        return tuple(i for i in range(self.size) if i not in gone)
+        return kept_indices(self.size, self.pruned)
 
 
 @dataclass(frozen=True)

@@ -229,20 +229,6 @@ def prepare_model(model: nn.Module) -> list[str]:
     return add_head_gates(model)
 
 
-def load_dsp(path: str | Path, device: torch.device):
-    """The DSP at ``path`` (DataError naming the folder if it is not one)."""
-    from npdg.dsp.model import DSP
-
-    return DSP.load(path, device=device)
-
-
-def dsp_transform(cfg: Config, dsp, model: nn.Module):
-    """``DSPBatchTransform`` from the ``dsp`` config section (ε ascent against ``model``)."""
-    from npdg.dsp.model import dsp_batch_transform
-
-    return dsp_batch_transform(cfg, model, None, dsp=dsp)
-
-
 def sparsity_extensions(cfg: Config, model: nn.Module, dataset, device: torch.device,
                         run_root: Path | None = None, is_main: bool = True) -> SparsityExtensions:
     """DSP batches + γ hook (+ sensitivity refresh for npdg modes) for ``cfg.train.mode``.
@@ -256,8 +242,10 @@ def sparsity_extensions(cfg: Config, model: nn.Module, dataset, device: torch.de
     layers = _unit_layers(model)
     if not layers:
         raise DataError(f"{type(model).__name__} has no prunable units (no BatchNorm γ or head gates) to sparsify")
-    dsp = load_dsp(cfg.dsp.path, device) if cfg.dsp.path else None
-    transforms = (dsp_transform(cfg, dsp, model),) if dsp is not None else ()
+    from npdg.dsp.model import DSP, dsp_batch_transform
+
+    dsp = DSP.load(cfg.dsp.path, device=device) if cfg.dsp.path else None
+    transforms = (dsp_batch_transform(cfg, model, None, dsp=dsp),) if dsp is not None else ()
     if mode == "slimming":
         return SparsityExtensions(transforms, (SparsityHook(layers, None, s.lambda_s),), ())
     refresher = SensitivityRefresher(
