@@ -199,3 +199,26 @@ def test_folder_pools_read_any_mode_and_resize(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="no images"):
         folder_pool(str(tmp_path / "empty"), (16, 32), None, True)
+
+
+def test_train_with_normalized_dvae_identity_and_cosine(config_file, tmp_path):
+    """The tiny.yaml recipe's options: standardised D-VAE, decoder identity term, cosine stage 1;
+    resume stays exact (the normalisation is fitted once, when stage 2 starts, and checkpointed)."""
+    sets = ["--set", "dvae.normalize=true", "--set", "dvae.norm_images=8", "--set", "train.identity_weight=2.0",
+            "--set", "train.pretrain_schedule=cosine"]
+    out = tmp_path / "n"
+    assert main(["dsp", "train", "--config", str(config_file), "--out", str(out), "--no-progress", *sets]) == 0
+    rows = _metrics(out)
+    assert rows[0]["lr"] == pytest.approx(0.003) and rows[2]["lr"] < rows[1]["lr"] < rows[0]["lr"]
+    assert all(r["identity"] > 0 for r in rows if r["stage"] == 2)
+    dsp = DSP.load(out)
+    assert not torch.equal(dsp.latent.out_scale, torch.ones_like(dsp.latent.out_scale))
+    assert not torch.equal(dsp.latent.out_shift, torch.zeros_like(dsp.latent.out_shift))
+    resumed = tmp_path / "r"
+    assert main(["dsp", "train", "--config", str(config_file), "--out", str(resumed), "--no-progress", *sets,
+                 "--set", "train.iters=1"]) == 0
+    assert main(["dsp", "train", "--out", str(resumed), "--resume", "--set", "train.iters=3", "--no-progress"]) == 0
+    a, b = load_file(str(out / "dsp.safetensors")), load_file(str(resumed / "dsp.safetensors"))
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    with pytest.raises(ConfigError, match="pretrain_schedule"):
+        load_dsp_config(config_file, ["train.pretrain_schedule=linear"])

@@ -134,3 +134,49 @@ def test_style_vector_feeds_dvae():
     enc = build_encoder("tiny", (4, 8, 6))
     s = style_vector(enc.encode(torch.rand(3, 3, 16, 16)))
     assert s.shape == (3, 12) and (s[:, 6:] > 0).all()
+
+
+def test_normalization_standardises_dvae_input_and_output():
+    torch.manual_seed(0)
+    vae = StyleVAE(4, hidden=8)
+    mean = torch.tensor([0.05, 0.02, 0.03, 0.04, 0.06, 0.01, 0.02, 0.08])
+    std = torch.tensor([0.01, 0.02, 0.01, 0.02, 0.01, 0.005, 0.01, 0.02])
+    vae.set_normalization(mean, std)
+    assert torch.equal(vae.stat_scale, std)
+    # p's raw output 0 maps to the mean statistics (σ through softplus)
+    for m in vae.decoder.net:
+        if isinstance(m, torch.nn.Linear):
+            torch.nn.init.zeros_(m.weight)
+            torch.nn.init.zeros_(m.bias)
+    mu, sigma = vae.decoder(torch.randn(3, vae.latent_dim))
+    assert torch.allclose(mu, mean[:4].expand(3, 4), atol=1e-6)
+    assert torch.allclose(sigma, mean[4:].expand(3, 4), atol=1e-5)
+    # rec loss in standardised units: an error of one std costs 1
+    s = mean.expand(2, 8).clone()
+    assert reconstruction_loss(s[:, :4] + std[:4], s[:, 4:] + std[4:], s, std).item() == pytest.approx(1.0)
+    assert reconstruction_loss(s[:, :4], s[:, 4:], s).item() == 0.0
+    with pytest.raises(ValueError):
+        vae.set_normalization(mean[:4], std[:4])
+
+
+def test_normalized_dvae_state_round_trips():
+    vae = StyleVAE(4, hidden=8)
+    vae.set_normalization(torch.rand(8) * 0.1, torch.rand(8) * 0.1 + 0.01)
+    other = StyleVAE(4, hidden=8)
+    other.load_state_dict(vae.state_dict())
+    assert torch.equal(other.decoder.out_scale, vae.decoder.out_scale)
+    assert torch.equal(other.encoder.in_mean, vae.encoder.in_mean)
+
+
+def test_identity_term_keeps_decoder_an_autoencoder():
+    enc, dec, vae, content, style = _setup(2)
+    off = StyleTrainer(enc, dec, vae, optimization="alternate").step(content, style)
+    assert off.identity == 0.0
+    trainer = StyleTrainer(enc, dec, vae, weights=LossWeights(identity=10.0), optimization="alternate", lr=3e-3)
+    first = trainer.step(content, style, 0)
+    for i in range(1, 40):
+        last = trainer.step(content, style, i)
+    assert first.identity > 0 and last.identity < first.identity
+    assert last.total == pytest.approx(last.content + last.style + last.kl + 5 * last.rec + 10 * last.identity)
+    with pytest.raises(ConfigError, match="identity"):
+        LossWeights(identity=-1)

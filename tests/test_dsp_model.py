@@ -202,3 +202,21 @@ def test_batch_transform_random_mode():
     assert x1.shape == (4, 3, 32, 64) and not torch.equal(x1[2:], x2[2:])
     with pytest.raises(ConfigError, match="mode"):
         DSPBatchTransform(dsp, mode="mixup")
+
+
+def test_load_files_without_latent_normalisation(tmp_path):
+    """DSP files written before the D-VAE output normalisation load with the identity map."""
+    from safetensors.torch import load_file, save_file
+
+    dsp = make_dsp(4)
+    dsp.save(tmp_path / "d")
+    path = tmp_path / "d" / "dsp.safetensors"
+    state = load_file(str(path))
+    assert "latent.out_shift" in state and "latent.out_scale" in state
+    legacy = {k: v for k, v in state.items() if not k.startswith("latent.out_")}
+    save_file(legacy, str(path), metadata={"format": "npdg-dsp"})
+    loaded = DSP.load(tmp_path / "d")
+    eps = dsp.sample_eps(2, seed=1)
+    images, _ = make_batch(2)
+    assert torch.equal(loaded.latent.out_scale, torch.ones(16))
+    assert torch.allclose(loaded.stylize(images, eps), dsp.stylize(images, eps))

@@ -48,9 +48,13 @@ class LatentDecoder(nn.Module):
         super().__init__()
         self.channels, self.latent_dim, self.hidden = int(channels), int(latent_dim), int(hidden)
         self.net = _mlp(self.latent_dim, self.hidden, 2 * self.channels)
+        # Output affine map (identity by default): the net predicts standardised statistics and
+        # ``out * out_scale + out_shift`` puts them back in feature units (see StyleVAE.set_normalization).
+        self.register_buffer("out_shift", torch.zeros(2 * self.channels))
+        self.register_buffer("out_scale", torch.ones(2 * self.channels))
 
     def forward(self, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.net(eps)
+        out = self.net(eps) * self.out_scale + self.out_shift
         mu, raw = out.split(self.channels, dim=1)
         return mu, F.softplus(raw) + 1e-6
 
@@ -62,9 +66,12 @@ class LatentEncoder(nn.Module):
         super().__init__()
         self.latent_dim = int(latent_dim)
         self.net = _mlp(2 * int(channels), int(hidden), 2 * self.latent_dim)
+        #: Input standardisation ``(s − in_mean) / in_std`` (identity by default).
+        self.register_buffer("in_mean", torch.zeros(2 * int(channels)))
+        self.register_buffer("in_std", torch.ones(2 * int(channels)))
 
     def forward(self, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        psi, logvar = self.net(s).split(self.latent_dim, dim=1)
+        psi, logvar = self.net((s - self.in_mean) / self.in_std).split(self.latent_dim, dim=1)
         return psi, logvar.clamp(-30.0, 20.0)
 
 
@@ -106,6 +113,34 @@ class StyleVAE(nn.Module):
         mu, sigma = self.decoder(z)
         return DVAEOutput(mu=mu, sigma=sigma, psi=psi, logvar=logvar, z=z)
 
+    @property
+    def stat_scale(self) -> torch.Tensor:
+        """Per-entry scale of ``s`` (the input standardisation's std; ones when not normalised)."""
+        return self.encoder.in_std
+
+    @torch.no_grad()
+    def set_normalization(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Model standardised style vectors: q sees ``(s − mean) / std`` and p's outputs are mapped
+        back with the same affine map (for σ through softplus: shift ``softplus⁻¹(mean_σ)``, scale
+        ``std_σ / sigmoid(shift)``, the linearisation at the mean). The tiny encoder's statistics are
+        ~0.05 with a spread of ~0.02, so without this the reconstruction term is negligible next to
+        KL and p(ε) samples styles far outside the real ones."""
+        c = self.channels
+        mean, std = mean.reshape(-1).float(), std.reshape(-1).float()
+        if mean.numel() != 2 * c or std.numel() != 2 * c:
+            raise ValueError(f"normalisation statistics must have {2 * c} entries, got {mean.numel()}, {std.numel()}")
+        # near-constant (dead) channels: floor each half's std at 10 % of its average so neither q's
+        # input nor the reconstruction error is blown up by a ~0 std
+        std = torch.cat([h.clamp_min(max(0.1 * float(h.mean()), 1e-6)) for h in (std[:c], std[c:])])
+        self.encoder.in_mean.copy_(mean)
+        self.encoder.in_std.copy_(std)
+        m_sig = mean[c:].clamp_min(1e-4)
+        raw_shift = m_sig + torch.log(-torch.expm1(-m_sig))  # softplus⁻¹
+        shift = torch.cat([mean[:c], raw_shift])
+        scale = torch.cat([std[:c], std[c:] / torch.sigmoid(raw_shift)])
+        self.decoder.out_shift.copy_(shift)
+        self.decoder.out_scale.copy_(scale)
+
 
 # --------------------------------------------------------------------------------------------------
 # losses
@@ -115,9 +150,15 @@ def kl_loss(psi: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return 0.5 * torch.mean(psi.pow(2) + logvar.exp() - logvar - 1.0)
 
 
-def reconstruction_loss(mu: torch.Tensor, sigma: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-    """``‖[μ̂, σ̂] − s‖²`` (mean squared error) with the target ``s`` detached."""
-    return F.mse_loss(torch.cat([mu, sigma], dim=1), s.detach())
+def reconstruction_loss(
+    mu: torch.Tensor, sigma: torch.Tensor, s: torch.Tensor, scale: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``‖[μ̂, σ̂] − s‖²`` (mean squared error) with the target ``s`` detached; with ``scale``
+    (``[2C]``) the error is measured in standardised units, ``‖([μ̂, σ̂] − s) / scale‖²``."""
+    diff = torch.cat([mu, sigma], dim=1) - s.detach()
+    if scale is not None:
+        diff = diff / scale
+    return diff.pow(2).mean()
 
 
 def content_loss(feat: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -143,6 +184,8 @@ class LossWeights:
     style: float = 1.0
     kl: float = 1.0
     rec: float = 5.0
+    #: Decoder identity term ``‖D(E(x)) − x‖₁`` on the content images (0 = RAIN's four losses only).
+    identity: float = 0.0
 
     def __post_init__(self) -> None:
         for k, v in asdict(self).items():
@@ -159,6 +202,7 @@ class LossTerms:
     kl: float
     rec: float
     total: float
+    identity: float = 0.0
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -224,6 +268,13 @@ class StyleTrainer:
         out_feats = self.encoder(self.decoder(t))
         return content_loss(out_feats[-1], t), style_loss(out_feats, style_feats)
 
+    def _identity_term(self, content: torch.Tensor, content_feat: torch.Tensor) -> torch.Tensor:
+        """``‖D(E(x)) − x‖₁``: keeps the decoder an autoencoder (natural colours and contrast) while it
+        learns to render restyled features; without it stage 2 drifts to grey, low-contrast images."""
+        if self.weights.identity <= 0:
+            return content.new_zeros(())
+        return F.l1_loss(self.decoder(content_feat), content)
+
     def step(self, content: torch.Tensor, style: torch.Tensor, step: int = 0) -> LossTerms:
         """Train on one batch; returns the unweighted loss terms. ``content``/``style``:
         ``[B, 3, H, W]`` in [0, 1] with H, W divisible by the encoder's divisor."""
@@ -237,26 +288,29 @@ class StyleTrainer:
         s = style_vector(style_feats[-1])
         out = self.vae(s)
         kl = kl_loss(out.psi, out.logvar)
-        rec = reconstruction_loss(out.mu, out.sigma, s)
+        rec = reconstruction_loss(out.mu, out.sigma, s, self.vae.stat_scale)
         if self.optimization == "alternate":
             opt = self.optimizers["vae"]
             opt.zero_grad(set_to_none=True)
             (w.kl * kl + w.rec * rec).backward()
             opt.step()
             lc, ls = self._decoder_terms(content_feat, style_feats, out.mu.detach(), out.sigma.detach())
+            li = self._identity_term(content, content_feat)
             opt = self.optimizers["decoder"]
             opt.zero_grad(set_to_none=True)
-            (w.content * lc + w.style * ls).backward()
+            (w.content * lc + w.style * ls + w.identity * li).backward()
             opt.step()
         else:
             lc, ls = self._decoder_terms(content_feat, style_feats, out.mu, out.sigma)
+            li = self._identity_term(content, content_feat)
             opt = self.optimizers["joint"]
             opt.zero_grad(set_to_none=True)
-            (w.content * lc + w.style * ls + w.kl * kl + w.rec * rec).backward()
+            (w.content * lc + w.style * ls + w.kl * kl + w.rec * rec + w.identity * li).backward()
             opt.step()
         vals = [float(v.detach()) for v in (lc, ls, kl, rec)]
-        total = w.content * vals[0] + w.style * vals[1] + w.kl * vals[2] + w.rec * vals[3]
-        return LossTerms(*vals, total=total)
+        ident = float(li.detach())
+        total = w.content * vals[0] + w.style * vals[1] + w.kl * vals[2] + w.rec * vals[3] + w.identity * ident
+        return LossTerms(*vals, total=total, identity=ident)
 
 
 class AutoencoderTrainer:

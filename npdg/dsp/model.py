@@ -157,7 +157,12 @@ class DSP(nn.Module):
         except Exception as exc:  # noqa: BLE001 - corrupt file
             raise DataError(f"cannot read DSP weights {weights_path}: {exc}") from None
         try:
-            dsp.load_state_dict({k: v.float() for k, v in state.items()})
+            state = {k: v.float() for k, v in state.items()}
+            # files written before the D-VAE output normalisation existed: identity map
+            for key, value in dsp.latent.state_dict().items():
+                if key in ("out_shift", "out_scale"):
+                    state.setdefault(f"latent.{key}", value.detach().clone())
+            dsp.load_state_dict(state)
         except RuntimeError as exc:
             raise DataError(f"DSP weights {weights_path} do not match {spec_path}: {exc}") from None
         return dsp.to(device).freeze()

@@ -6,7 +6,8 @@ Two stages (METHOD.md §1):
    content images and style-bank images, ``train.pretrain_iters`` iterations; the encoder is then
    frozen. (``vgg19`` loads its weights from a local file and skips this stage.)
 2. D-VAE + decoder on (content, style) batches with the four DSP losses, ``train.iters``
-   iterations, RAIN's alternating optimisation or ``joint``.
+   iterations, RAIN's alternating optimisation or ``joint``; optionally a decoder identity term
+   (``train.identity_weight``) and a D-VAE over standardised style vectors (``dvae.normalize``).
 
 Content images: the synthetic ``source`` domain's train split (default), ``folder:PATH`` or a real
 dataset ``NAME:ROOT``. Style images: the procedural style bank (default) or ``folder:PATH``, mixed
@@ -33,7 +34,15 @@ import torch
 
 from npdg.config import check_ranges, override_tree, read_yaml_mapping, tree_from_dict, tree_to_dict, tree_to_yaml
 from npdg.data.transforms import resize_image
-from npdg.dsp.adain import ENCODER_KINDS, TINY_CHANNELS, StyleDecoder, StyleEncoder, build_decoder, build_encoder
+from npdg.dsp.adain import (
+    ENCODER_KINDS,
+    TINY_CHANNELS,
+    StyleDecoder,
+    StyleEncoder,
+    build_decoder,
+    build_encoder,
+    style_vector,
+)
 from npdg.dsp.dvae import OPTIMIZATIONS, AutoencoderTrainer, LossWeights, StyleTrainer, StyleVAE
 from npdg.dsp.model import DSP, DSPSpec
 from npdg.errors import ConfigError, DataError, NpdgError
@@ -51,6 +60,7 @@ from npdg.runs import (
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 SAMPLES_DIR = "samples"
 #: Synthetic held-out domains (used when npdg.data.synthetic cannot list them).
+PRETRAIN_SCHEDULES = ("constant", "cosine")
 FALLBACK_HELD_OUT = ("photo", "night", "fog", "rain", "overcast", "toon")
 
 
@@ -101,6 +111,10 @@ class DVAESection:
 
     latent_dim: int | None = None
     hidden: int | None = None
+    #: Model standardised style vectors (mean/std over ``norm_images`` style-batch images, measured
+    #: with the frozen encoder when stage 2 starts); see StyleVAE.set_normalization.
+    normalize: bool = False
+    norm_images: int = 256
 
 
 @dataclass(frozen=True)
@@ -109,6 +123,8 @@ class TrainSection:
     batch_size: int = 4
     pretrain_iters: int = 1000
     pretrain_lr: float = 1e-3
+    #: Stage-1 learning-rate schedule: ``constant`` or ``cosine`` (to 5 % of pretrain_lr at the end).
+    pretrain_schedule: str = "constant"
     iters: int = 2000
     lr: float = 1e-4
     lr_decay: float = 5e-5
@@ -117,6 +133,8 @@ class TrainSection:
     style_weight: float = 1.0
     kl_weight: float = 1.0
     rec_weight: float = 5.0
+    #: Stage-2 decoder identity term ‖D(E(x)) − x‖₁ (keeps natural colours/contrast; 0 = off).
+    identity_weight: float = 0.0
     alpha: float = 1.0
     log_every: int = 10
     sample_every: int = 250
@@ -204,6 +222,10 @@ def validate(cfg: DSPConfig) -> DSPConfig:
             raise ConfigError(f"data.crop {d.crop[0]}x{d.crop[1]} must be divisible by {divisor} for encoder {e.kind}")
         if d.crop[0] > d.size[0] or d.crop[1] > d.size[1]:
             raise ConfigError(f"data.crop {d.crop[0]}x{d.crop[1]} must fit in data.size {d.size[0]}x{d.size[1]}")
+    if t.pretrain_schedule not in PRETRAIN_SCHEDULES:
+        raise ConfigError(
+            f"train.pretrain_schedule {t.pretrain_schedule!r} is unknown; valid: {', '.join(PRETRAIN_SCHEDULES)}"
+        )
     if t.optimization not in OPTIMIZATIONS:
         raise ConfigError(f"train.optimization {t.optimization!r} is unknown; valid: {', '.join(OPTIMIZATIONS)}")
     positive = {"train.batch_size": t.batch_size, "train.lr": t.lr, "train.pretrain_lr": t.pretrain_lr,
@@ -219,7 +241,9 @@ def validate(cfg: DSPConfig) -> DSPConfig:
         raise ConfigError(f"style.content_fraction must be in [0, 1], got {s.content_fraction}")
     if not 0.0 <= t.alpha <= 1.0:
         raise ConfigError(f"train.alpha must be in [0, 1], got {t.alpha}")
-    LossWeights(t.content_weight, t.style_weight, t.kl_weight, t.rec_weight)
+    LossWeights(t.content_weight, t.style_weight, t.kl_weight, t.rec_weight, t.identity_weight)
+    if cfg.dvae.norm_images < 2:
+        raise ConfigError(f"dvae.norm_images must be >= 2, got {cfg.dvae.norm_images}")
     held = held_out_domains()
     if d.content in held:
         raise ConfigError(f"data.content {d.content!r} is a held-out synthetic domain; DSP trains on the source domain only")
@@ -479,7 +503,7 @@ class DSPTraining:
             t = self.cfg.train
             self.style = StyleTrainer(
                 self.modules.encoder, self.modules.decoder, self.modules.vae,
-                LossWeights(t.content_weight, t.style_weight, t.kl_weight, t.rec_weight),
+                LossWeights(t.content_weight, t.style_weight, t.kl_weight, t.rec_weight, t.identity_weight),
                 optimization=t.optimization, lr=t.lr, lr_decay=t.lr_decay, alpha=t.alpha,
             )  # fmt: skip
         return self.style
@@ -530,13 +554,25 @@ class DSPTraining:
             content_batch(self.contents, half, t.seed, step, crop),
             style_batch(self.styles, self.contents, t.batch_size - half, 0.0, t.seed, step, crop),
         ]) if t.batch_size > 1 else content_batch(self.contents, 1, t.seed, step, crop)  # fmt: skip
+        for group in self.ae.optimizer.param_groups:
+            group["lr"] = self.pretrain_lr(step)
         loss = self.ae.step(images)
         return {"stage": 1, "recon": loss, "loss": loss}
+
+    def pretrain_lr(self, step: int) -> float:
+        """Stage-1 learning rate at ``step`` (``train.pretrain_schedule``)."""
+        t = self.cfg.train
+        if t.pretrain_schedule == "constant":
+            return t.pretrain_lr
+        frac = min(step / max(self.cfg.pretrain_iters, 1), 1.0)
+        return t.pretrain_lr * (0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * frac)))
 
     def _style_step(self, step: int) -> dict[str, float]:
         t = self.cfg.train
         if self.style is None:
             self.modules.encoder.freeze()
+        if step == self.cfg.pretrain_iters and self.cfg.dvae.normalize:
+            self.fit_normalization()
         crop = self.cfg.data.crop
         content = content_batch(self.contents, t.batch_size, t.seed, step, crop)
         style = style_batch(self.styles, self.contents, t.batch_size, self.cfg.style.content_fraction, t.seed, step,
@@ -544,6 +580,22 @@ class DSPTraining:
         terms = self._style_trainer().step(content, style, step - self.cfg.pretrain_iters)
         out = terms.as_dict()
         return {"stage": 2, **out, "loss": out.pop("total")}
+
+    @torch.no_grad()
+    def fit_normalization(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and std of the style vectors of ``dvae.norm_images`` style-batch images (same mix and
+        crops as stage 2, fixed seed) under the frozen encoder → :meth:`StyleVAE.set_normalization`."""
+        t, n = self.cfg.train, self.cfg.dvae.norm_images
+        enc = self.modules.encoder.eval()
+        vecs = []
+        for k in range(0, n, 32):
+            imgs = style_batch(self.styles, self.contents, min(32, n - k), self.cfg.style.content_fraction,
+                               t.seed + 777, k, self.cfg.data.crop)  # fmt: skip
+            vecs.append(style_vector(enc.encode(imgs)))
+        s = torch.cat(vecs)
+        mean, std = s.mean(0), s.std(0)
+        self.modules.vae.set_normalization(mean, std)
+        return mean, std
 
     def _check_finite(self, record: dict[str, float]) -> None:
         bad = [k for k, v in record.items() if isinstance(v, float) and not math.isfinite(v)]
@@ -605,7 +657,7 @@ class DSPTraining:
                 if self.step % t.log_every == 0 or self.step == total:
                     now = time.time()
                     ips = window_n * t.batch_size / max(now - window_start, 1e-9)
-                    lr = t.pretrain_lr if stage1 else self._style_trainer().current_lr(self.step - cfg.pretrain_iters)
+                    lr = self.pretrain_lr(self.step - 1) if stage1 else self._style_trainer().current_lr(self.step - cfg.pretrain_iters)
                     append_metrics(self.run, {"iter": self.step, **record, "lr": lr, "images_per_s": ips,
                                               "time": now - start_time})  # fmt: skip
                     bar.set_postfix({k: f"{v:.3g}" for k, v in record.items() if k != "stage"})
