@@ -14,3 +14,14 @@ Every dataset in npdg yields the same sample, a flat dict that ``default_collate
 
 REAL_DATASETS: tuple[str, ...] = ("gta5", "synthia", "cityscapes", "bdd100k", "mapillary")
 SAMPLE_KEYS: tuple[str, ...] = ("image", "label", "domain", "split", "index", "name")
+
+
+def resolve_index(i: int, length: int, what: str) -> int:
+    """Python-style index into a dataset of ``length`` items (negatives count from the end);
+    ``IndexError`` naming ``what`` when out of range (ends iteration for ``for x in ds``)."""
+    i = int(i)
+    if i < 0:
+        i += length
+    if not 0 <= i < length:
+        raise IndexError(f"index {i} out of range for {what}")
+    return i

@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 from torch.utils.data import Dataset
 
+from npdg.data import resolve_index
 from npdg.data.transforms import image_to_tensor, parse_size
 from npdg.errors import ConfigError
 
@@ -174,11 +175,7 @@ class StyleBankDataset(Dataset):
         return self.length
 
     def __getitem__(self, i: int) -> dict:
-        i = int(i)
-        if i < 0:
-            i += self.length
-        if not 0 <= i < self.length:
-            raise IndexError(f"index {i} out of range for a style bank of {self.length}")
+        i = resolve_index(i, self.length, f"a style bank of {self.length}")
         return {"image": image_to_tensor(style_image(i, self.size, self.seed)), "index": i,
                 "name": f"style_{self.seed}_{i:06d}"}
 

@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 from torch.utils.data import Dataset
 
+from npdg.data import resolve_index
 from npdg.data import scene as sc
 from npdg.data.transforms import PairTransform, image_to_tensor, label_to_tensor, parse_size
 from npdg.errors import ConfigError
@@ -590,11 +591,7 @@ class SyntheticDataset(Dataset):
         return self.length
 
     def __getitem__(self, i: int) -> dict:
-        i = int(i)
-        if i < 0:
-            i += self.length
-        if not 0 <= i < self.length:
-            raise IndexError(f"index {i} out of range for {self.length} {self.domain}/{self.split} scenes")
+        i = resolve_index(i, self.length, f"{self.length} {self.domain}/{self.split} scenes")
         image, label = render_scene(self.domain, self.split, i, self.size)
         if self.transform is not None:
             seq = np.random.SeedSequence([sc.SPLIT_CODES[self.split], i, _DOMAIN_CODES[self.domain], _AUG_CODE,
