@@ -8,10 +8,16 @@
 - **style diversity**: for ``--styles`` (16) samples of one image, the spread (std across samples) of
   the per-image RGB mean and std and of the DSP encoder's last-tap channel mean/std, averaged over
   images — against the spread of the same statistics across the 6 held-out domains of the same scenes.
+- **ascent** (with ``--ascend-with RUN``): from ε ~ N(0, I), after 0, 1, 3, ... normalized ascent steps
+  against the run's segmentor (``--ascent-steps``, cumulative, as ε accumulates steps between resets
+  in a ``dsp`` training run): ‖ε‖, the segmentor's cross-entropy, edge correlation and the colour
+  shift (distance of the RGB mean from the source image's) against that of the held-out renderings —
+  how far ascent moves styles from the D-VAE's prior and from the looks of the held-out domains.
 
 Prints the machine, the command and the raw figures.
 
     python bench/bench_dsp.py --dsp assets/dsp_tiny [--size 256x512] [--images 8] [--styles 16]
+        [--ascend-with runs/table/dsp_s0 --ascent-steps 1,3,9 --step-size 1.0]
 """
 
 from __future__ import annotations
@@ -26,9 +32,9 @@ import torch
 import torch.nn.functional as F
 
 from npdg.data.synthetic import SOURCE_DOMAIN, domain_names, render_scene
-from npdg.data.transforms import image_to_tensor, parse_size
+from npdg.data.transforms import image_to_tensor, label_to_tensor, parse_size
 from npdg.dsp.adain import style_stats
-from npdg.dsp.model import DSP
+from npdg.dsp.model import DSP, per_sample_ce
 
 SOBEL = torch.tensor([[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]])
 
@@ -65,6 +71,9 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--ascend-with", metavar="RUN", help="segmentor run for the ascent figures")
+    p.add_argument("--ascent-steps", default="1,3,9", help="cumulative ascent steps to report")
+    p.add_argument("--step-size", type=float, default=1.0, help="normalized ascent step size")
     args = p.parse_args()
     size = parse_size(args.size)
     dsp = DSP.load(args.dsp, device=args.device)
@@ -112,6 +121,41 @@ def main() -> None:
     print(f"style diversity: std across {args.styles} DSP samples vs across {len(heldout)} held-out domains (mean over {args.images} images)")
     for n, a, b in zip(names, s_stats.tolist(), d_stats.tolist()):
         print(f"  {n:9s}  DSP {a:.4f}   held-out {b:.4f}   ratio {a / max(b, 1e-12):.2f}")
+    if args.ascend_with:
+        labels = torch.stack([label_to_tensor(render_scene(SOURCE_DOMAIN, "val", i, size)[1]) for i in range(args.images)])
+        ascent_report(dsp, src, labels.to(dsp.device), dom, args)
+
+
+def colour_shift(src: torch.Tensor, styled: torch.Tensor) -> torch.Tensor:
+    """Per pair: L2 distance between the per-image RGB means of ``src[i]`` and ``styled[i]`` (a colour cast)."""
+    return (styled.mean((2, 3)) - src.mean((2, 3))).norm(dim=1)
+
+
+def ascent_report(dsp: DSP, src: torch.Tensor, labels: torch.Tensor, dom: torch.Tensor, args) -> None:
+    """‖ε‖, segmentor CE, edge correlation and colour shift after cumulative ascent steps (one style per image)."""
+    from npdg.models import load_model
+
+    seg = load_model(args.ascend_with, device=dsp.device).eval()
+    targets = sorted({0, *(int(s) for s in args.ascent_steps.split(","))})
+    eps = dsp.sample_eps(len(src), seed=0)
+    n_dom = dom.shape[1]
+    ref = colour_shift(src.cpu().repeat_interleave(n_dom, 0), dom.flatten(0, 1))
+    print(f"ascent against {args.ascend_with} (normalized, step {args.step_size}; d = {dsp.latent_dim}, "
+          f"E‖ε‖ under the prior ≈ {dsp.latent_dim ** 0.5:.1f}); {len(src)} images, one style each")
+    print(f"  colour shift (‖RGB mean − source RGB mean‖) of the held-out renderings: mean {ref.mean():.3f}, "
+          f"90th percentile {ref.quantile(0.9):.3f}")
+    print("  steps  |eps|   CE     edge corr  colour shift (mean / max)")
+    done = 0
+    for n in targets:
+        if n > done:
+            eps = dsp.ascend(src, labels, seg, eps, steps=n - done, step_size=args.step_size)
+            done = n
+        with torch.no_grad():
+            styled = dsp.stylize(src, eps)
+            ce = per_sample_ce(seg(styled), labels.long()).mean()
+        corr = edge_correlation(src.cpu(), styled.cpu()).mean()
+        shift = colour_shift(src.cpu(), styled.cpu())
+        print(f"  {n:5d}  {eps.norm(dim=1).mean():5.2f}  {ce:5.2f}  {corr:9.3f}  {shift.mean():.3f} / {shift.max():.3f}")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ import numpy as np
 from npdg.data.synthetic import DOMAINS, domain_names
 
 PY = [sys.executable, "-m", "npdg"]
+SPARSE = ("npdg", "npdg_unary", "npdg_binary", "slimming")
 
 
 def run(cmd: list[str]) -> None:
@@ -46,26 +47,40 @@ def train_row(mode: str, seed: int, args, out: Path) -> None:
     run(cmd + (["--resume"] if (out / "checkpoints" / "last.pt").is_file() else ["--overwrite"]))
 
 
+def dense_cost(out: Path, args) -> None:
+    """Measure a training row's (dense) model with ``npdg cost`` into OUT/cost_dense.json (once)."""
+    path = out / "cost_dense.json"
+    if not path.is_file():
+        run(PY + ["cost", "--run", str(out), "--size", args.cost_size, "--batches", "1", "--repeats", "5", "--json", str(path)])
+
+
 def prune_row(criterion: str, seed: int, args, out: Path, base: Path) -> None:
+    """``npdg prune`` one criterion. Every criterion gets the same number of iterations after the base
+    run: sparse + fine-tune for npdg/slimming, all of them as fine-tuning for l1norm/random."""
+    sparse = criterion in SPARSE
+    finetune = args.finetune_iters + (0 if sparse else args.sparse_iters)
     cmd = PY + ["prune", "--run", str(base), "--out", str(out), "--criterion", criterion, "--rate", str(args.rate),
-                "--finetune-iters", str(args.finetune_iters), "--seed", str(seed), "--dsp", args.dsp,
+                "--finetune-iters", str(finetune), "--seed", str(seed), "--dsp", args.dsp,
                 "--cost-size", args.cost_size, "--overwrite"]
-    if criterion in ("npdg", "npdg_unary", "npdg_binary", "slimming"):
+    if sparse:
         cmd += ["--sparse-iters", str(args.sparse_iters)]
+        if args.lambda_s is not None:
+            cmd += ["--lambda-s", str(args.lambda_s)]
     run(cmd)
     run(PY + ["eval", "--run", str(out), "--data", "synthetic", "--limit", str(args.limit),
               "--json", str(out / "eval" / "final.json")])
 
 
 def row_metrics(out: Path) -> dict:
-    """Per-domain mIoU (%) from eval/final.json, the held-out mean, and costs from cost.json if any."""
+    """Per-domain mIoU (%) from eval/final.json, the held-out mean, and costs (cost.json of a pruned
+    run, cost_dense.json of a measured training run) if any."""
     res = json.loads((out / "eval" / "final.json").read_text())["results"]
     m = {d: 100 * r["miou"] for d, r in res.items() if r.get("miou") is not None}
     held = [m[d] for d in domain_names("heldout") if d in m]
     m["mean held-out"] = float(np.mean(held)) if held else float("nan")
-    cost = out / "cost.json"
-    if cost.is_file():
-        after = json.loads(cost.read_text())["after"]
+    pruned, dense = out / "cost.json", out / "cost_dense.json"
+    if pruned.is_file() or dense.is_file():
+        after = json.loads(pruned.read_text())["after"] if pruned.is_file() else json.loads(dense.read_text())
         m["GFLOPs"], m["params (M)"] = after["gflops"], after["params"] / 1e6
         m["latency b1 (ms)"] = after["latency_ms"].get("batch1", float("nan"))
     return m
@@ -84,7 +99,7 @@ def markdown(rows: dict[str, list[dict]]) -> str:
             elif len(vals) > 1:
                 cells.append(f"{np.mean(vals):.1f} ± {np.std(vals):.1f}")
             else:
-                cells.append(f"{vals[0]:.1f}" if c != "params (M)" else f"{vals[0]:.2f}")
+                cells.append(f"{vals[0]:.2f}" if c in ("params (M)", "GFLOPs") else f"{vals[0]:.1f}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -101,11 +116,14 @@ def main() -> None:
     p.add_argument("--rate", type=float, default=0.3)
     p.add_argument("--sparse-iters", type=int, default=200)
     p.add_argument("--finetune-iters", type=int, default=200)
+    p.add_argument("--lambda-s", type=float, default=None, help="sparsity weight of the npdg/slimming rows (default: the config's)")
+    p.add_argument("--costs", action="store_true", help="measure GFLOPs/params/latency of the training rows (automatic when prune:* rows are asked for)")
     p.add_argument("--limit", type=int, default=50, help="images per domain for pruned rows' evaluation")
     p.add_argument("--cost-size", default="128x256")
     args = p.parse_args()
     print(f"machine: {platform.platform()}; python {platform.python_version()}")
     print("command:", " ".join(sys.argv), flush=True)
+    t_start = time.perf_counter()
     out_root = Path(args.out)
     seeds = [int(s) for s in args.seeds.split(",")]
     table: dict[str, list[dict]] = {}
@@ -121,10 +139,13 @@ def main() -> None:
                     prune_row(row.split(":", 1)[1], seed, args, out, base)
                 else:
                     train_row(row, seed, args, out)
+            if (args.costs or any(r.startswith("prune:") for r in args.rows.split(","))) and not row.startswith("prune:"):
+                dense_cost(out, args)
             table[row].append(row_metrics(out))
     text = markdown(table)
     print(text)
     (out_root / "table.md").write_text(text + "\n")
+    print(f"total {time.perf_counter() - t_start:.0f} s (finished runs reused)")
     print(f"suburb = content shift ({DOMAINS['suburb'].description}); not in the held-out mean")
 
 
