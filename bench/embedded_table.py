@@ -67,7 +67,7 @@ def prune_row(criterion: str, seed: int, args, out: Path, base: Path) -> None:
         if args.lambda_s is not None:
             cmd += ["--lambda-s", str(args.lambda_s)]
     run(cmd)
-    run(PY + ["eval", "--run", str(out), "--data", "synthetic", "--limit", str(args.limit),
+    run(PY + ["eval", "--run", str(out), "--data", "synthetic", "--limit", str(args.limit), "--no-progress",
               "--json", str(out / "eval" / "final.json")])
 
 

@@ -44,6 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--amp", default="auto", choices=AMP_CHOICES, help="mixed precision on CUDA")
     p.add_argument("--num-workers", type=int, default=0, metavar="N", help="data-loading worker processes")
     p.add_argument("--json", type=Path, metavar="OUT", help="write the result JSON here")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (also off when stderr is not a terminal)")
     p.add_argument("--export", type=Path, metavar="DIR",
                    help="write predictions as DIR/<domain>/NNNNNN_labelIds.png and _color.png")
     p.set_defaults(func=run_eval)
@@ -146,10 +147,12 @@ def write_json(path: Path, data: dict) -> Path:
     return path
 
 
-def _progress_bar(desc: str):
+def _progress_bar(desc: str, enabled: bool = True):
+    """A tqdm bar and its ``progress(done, total)`` callback; off with ``--no-progress`` or without a TTY
+    (so logs of scripted runs hold results, not carriage-return bars)."""
     from tqdm import tqdm
 
-    bar = tqdm(total=0, unit="img", desc=desc, dynamic_ncols=True, leave=False)
+    bar = tqdm(total=0, unit="img", desc=desc, dynamic_ncols=True, leave=False, disable=None if enabled else True)
 
     def update(done: int, total: int) -> None:
         if bar.total != total:
@@ -201,7 +204,7 @@ def run_eval(args: argparse.Namespace) -> int:
         source = _spec_name(run_source)
     protocol = _protocol(args, has_real=any(":" in s for s in args.data))
 
-    bar, update = _progress_bar(f"eval {path.name}")
+    bar, update = _progress_bar(f"eval {path.name}", enabled=not args.no_progress)
     try:
         result = evaluate(
             model, datasets, protocol, args.batch_size, device, progress=update, limit=args.limit,

@@ -281,9 +281,11 @@ def test_eval_cli_on_a_tiny_saved_model(tmp_path, capsys):
     out = tmp_path / "res.json"
     rc = main(["eval", "--run", str(tmp_path), "--data", "synthetic", "--domains", SOURCE_DOMAIN, "night",
                "--limit", "2", "--size", "32x64", "--device", "cpu", "--json", str(out),
-               "--export", str(tmp_path / "pred")])
+               "--export", str(tmp_path / "pred"), "--no-progress"])
     assert rc == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
+    assert "img/s" not in captured.err  # no progress bar in logs
     assert "mean target mIoU (1 domains)" in printed and "night" in printed
     d = json.loads(out.read_text())
     assert set(d["results"]) == {SOURCE_DOMAIN, "night"}
