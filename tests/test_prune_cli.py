@@ -59,3 +59,28 @@ def test_npdg_without_sparse_training_warns_and_threshold_edge_cases(tmp_path, c
     assert "rate must be in [0, 1)" in capsys.readouterr().err
     assert prune_main([*common, "--out", str(tmp_path / "a"), "--rate", "0.2"]) == 2  # exists, no --overwrite
     assert "already exists" in capsys.readouterr().err
+
+
+def test_npdg_with_sparse_training_and_dsp_finetune(tmp_path, capsys):
+    """The full pipeline: sparse npdg training (probe refreshes, DSP batches) → prune → DSP fine-tune."""
+    from test_sensitivity import tiny_dsp
+
+    dsp = tiny_dsp().save(tmp_path / "dsp")
+    run, _ = _run_dir(tmp_path)
+    out = tmp_path / "npdg"
+    rc = prune_main(["--run", str(run), "--out", str(out), "--criterion", "npdg", "--rate", "0.3",
+                     "--sparse-iters", "2", "--finetune-iters", "1", "--lambda-s", "0.5", "--dsp", str(dsp),
+                     "--cost-size", "64x64", "--cost-repeats", "1", "--device", "cpu"])
+    assert rc == 0, capsys.readouterr().err
+    summary = json.loads((out / "prune.json").read_text())
+    assert summary["sparse_iters"] == 2 and summary["dsp"] == str(dsp) and summary["warnings"] == []
+    assert sorted(p.name for p in (out / "sparse" / "sensitivity").glob("*.csv"))  # the probe ran
+    sparse, src = load_model(out / "sparse"), load_model(run)
+    changed = [not torch.equal(a, b) for (n, a), (_, b) in zip(src.state_dict().items(), sparse.state_dict().items())
+               if n.endswith("bn1.weight")]
+    assert any(changed)  # γ were trained
+    assert PruningPlan.load(out / "pruning_plan.json").criterion == "npdg"
+    finetune_log = (out / "metrics.jsonl").read_text().strip().splitlines()
+    assert len(finetune_log) == 1 and json.loads(finetune_log[0])["iter"] == 1
+    cost = json.loads((out / "cost.json").read_text())
+    assert cost["after"]["gflops"] < cost["before"]["gflops"]
