@@ -82,7 +82,8 @@ def main() -> None:
     print("command:", " ".join(sys.argv))
     print(f"dsp: {args.dsp} (encoder {dsp.spec.encoder}, C={dsp.encoder.channels}, d={dsp.latent_dim}, alpha={dsp.spec.alpha})")
 
-    src = torch.stack([image_to_tensor(render_scene(SOURCE_DOMAIN, "val", i, size)[0]) for i in range(args.images)]).to(dsp.device)
+    scenes = [render_scene(SOURCE_DOMAIN, "val", i, size) for i in range(args.images)]
+    src = torch.stack([image_to_tensor(image) for image, _ in scenes]).to(dsp.device)
     heldout = domain_names("heldout")
 
     # speed
@@ -122,7 +123,7 @@ def main() -> None:
     for n, a, b in zip(names, s_stats.tolist(), d_stats.tolist()):
         print(f"  {n:9s}  DSP {a:.4f}   held-out {b:.4f}   ratio {a / max(b, 1e-12):.2f}")
     if args.ascend_with:
-        labels = torch.stack([label_to_tensor(render_scene(SOURCE_DOMAIN, "val", i, size)[1]) for i in range(args.images)])
+        labels = torch.stack([label_to_tensor(label) for _, label in scenes])
         ascent_report(dsp, src, labels.to(dsp.device), dom, args)
 
 

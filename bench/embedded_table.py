@@ -131,8 +131,10 @@ def main() -> None:
     t_start = time.perf_counter()
     out_root = Path(args.out)
     seeds = [int(s) for s in args.seeds.split(",")]
+    rows = args.rows.split(",")
+    measure_dense = args.costs or any(r.startswith("prune:") for r in rows)
     table: dict[str, list[dict]] = {}
-    for row in args.rows.split(","):
+    for row in rows:
         table[row] = []
         for seed in seeds:
             out = out_root / f"{row.replace(':', '_')}_s{seed}"
@@ -144,7 +146,7 @@ def main() -> None:
                     prune_row(row.split(":", 1)[1], seed, args, out, base)
                 else:
                     train_row(row, seed, args, out)
-            if (args.costs or any(r.startswith("prune:") for r in args.rows.split(","))) and not row.startswith("prune:"):
+            if measure_dense and not row.startswith("prune:"):
                 dense_cost(out, args)
             table[row].append(row_metrics(out))
     text = markdown(table)

@@ -172,10 +172,10 @@ def _finetune(cfg, model, out_dir: Path, dsp: Path | None, device: str, progress
     from npdg.train import train
 
     transforms = ()
-    if dsp is not None:
-        from npdg.dsp.model import DSP, dsp_batch_transform
+    if dsp is not None:  # cfg.dsp.path names it; the transform loads it
+        from npdg.dsp.model import dsp_batch_transform
 
-        transforms = (dsp_batch_transform(cfg, model, None, dsp=DSP.load(dsp, device=select_device(device))),)
+        transforms = (dsp_batch_transform(cfg, model, select_device(device)),)
     log(f"fine-tuning {cfg.train.iters} iterations ({'DSP batches' if dsp else 'plain CE'}) → {out_dir}")
     train(cfg, out_dir, overwrite=True, device=device, model=model, batch_transforms=transforms,
           progress=progress, evaluate_at_end=False, log=log)
