@@ -1,7 +1,7 @@
 """Run configuration: typed, frozen, loaded from YAML, overridable from the command line.
 
-A configuration is a :class:`Config` made of four sections (``model``, ``data``, ``train``,
-``eval``). Every field has a default, so a YAML file only states what differs from them::
+A configuration is a :class:`Config` made of sections (``model``, ``data``, ``train``, ``eval``,
+``dsp``, ``sparsity``, ``prune``). Every field has a default, so a YAML file only states what differs from them::
 
     model: {arch: deeplabv3plus, encoder: resnet18}
     train: {iters: 2000, batch_size: 8, lr: 0.01}
@@ -13,47 +13,82 @@ parsed as YAML scalars/lists and then converted to the field's type, so ``true``
 trains with a default. :func:`dump_config` writes the fully resolved configuration (every field) back
 to YAML; that file, saved in each run directory, reproduces the run.
 
-The machinery is generic over any tree of frozen dataclasses (a root whose fields are sections):
-:func:`tree_from_dict`, :func:`override_tree`, :func:`read_yaml_mapping`, :func:`tree_to_dict` and
-:func:`tree_to_yaml` also serve the DSP training config (``npdg.dsp.train``).
+The machinery is generic over any tree of frozen dataclasses (a root whose fields are sections), and
+:func:`load_tree` is the one loader of npdg: it also reads the DSP training config
+(``npdg.dsp.config``). Fields declare their numeric range or choices (:func:`num`, :func:`choice`) and
+:func:`check_tree` enforces them, so no run starts with ``inf``, ``nan`` or an out-of-range value.
+This module checks types and ranges only; which training modes and pruning criteria exist is known
+to ``npdg.recipes.modes`` alone.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from npdg.data.transforms import parse_size
 from npdg.errors import ConfigError
+from npdg.runs import atomic_write_text
 
-#: Training modes of METHOD.md section 0. Only those in IMPLEMENTED_MODES can run today.
-MODES: tuple[str, ...] = (
-    "erm",
-    "photometric",
-    "dsp",
-    "dsp_random",
-    "slimming",
-    "l1norm",
-    "random",
-    "npdg",
-    "npdg_unary",
-    "npdg_binary",
-)
-#: Sparse-training modes (METHOD §4): CE on [clean, DSP] batches + λ_s Σ w̃|γ| (npdg.pruning.sparsity).
-SPARSITY_MODES: tuple[str, ...] = ("slimming", "npdg", "npdg_unary", "npdg_binary")
-#: Style-perturbed training (METHOD §0): CE on [clean, DSP-stylized] batches; ``dsp`` ascends ε.
-DSP_MODES: tuple[str, ...] = ("dsp", "dsp_random")
-IMPLEMENTED_MODES: tuple[str, ...] = ("erm", "photometric") + DSP_MODES + SPARSITY_MODES
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adamw")
-
-#: Default source: the embedded synthetic source domain (resolved by :func:`resolve_source`).
+#: Ascent rules for the DSP latent (docs/method.md §1); implemented by ``npdg.dsp.model.DSP.ascend``.
+ASCENT_RULES: tuple[str, ...] = ("normalized", "asm")
+#: Unary sensitivity statistics (docs/method.md §3); implemented by ``npdg.sensitivity``.
+UNARY_MODES: tuple[str, ...] = ("share", "raw")
+#: λ of ``w = λ·w^U + (1 − λ)·w^B`` (docs/method.md §3): the paper's best value. The one place it is written.
+DEFAULT_LAMBDA = 0.4
+#: Pruning rate r (docs/method.md §5): the paper's best value. The one place it is written.
+DEFAULT_RATE = 0.3
+#: Default source: the embedded synthetic source domain (``npdg.data.specs``).
 DEFAULT_SOURCE = "synthetic"
+#: Largest input size (H·W pixels) a cost/latency report accepts: 4096×4096, 16 times a 1024×1024
+#: frame. Larger sizes exhaust memory on ordinary machines long before they say anything useful.
+MAX_PIXELS = 4096 * 4096
+
+
+def parse_size(text: str | tuple[int, int] | list[int]) -> tuple[int, int]:
+    """Parse a size given as ``"HxW"`` (e.g. ``"256x512"``) or ``(H, W)`` into ``(H, W)``."""
+    if isinstance(text, (tuple, list)):
+        if len(text) != 2:
+            raise ConfigError(f"size must have two numbers (H, W), got {text!r}")
+        try:
+            h, w = (int(v) for v in text)
+        except (TypeError, ValueError, OverflowError):
+            raise ConfigError(f"size must be two integers (H, W), got {text!r}") from None
+    else:
+        m = re.fullmatch(r"\s*(\d+)\s*[xX×]\s*(\d+)\s*", str(text))
+        if not m:
+            raise ConfigError(f"size must be written HxW, e.g. 256x512; got {text!r}")
+        h, w = int(m.group(1)), int(m.group(2))
+    if h <= 0 or w <= 0:
+        raise ConfigError(f"size must be positive, got {h}x{w}")
+    return h, w
+
+
+def check_unit_interval(name: str, value: float) -> float:
+    """``value`` as a float in [0, 1] (λ, α, probabilities), else ConfigError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or not 0.0 <= value <= 1.0:
+        raise ConfigError(f"{name} must be in [0, 1], got {value!r}")
+    return float(value)
+
+
+def num(default: Any, lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
+        hi_open: bool = False) -> Any:
+    """A dataclass field with a numeric range, checked by :func:`check_tree` (``None`` always passes)."""
+    return field(default=default, metadata={"range": (lo, hi, lo_open, hi_open)})
+
+
+def choice(default: str, choices: tuple[str, ...]) -> Any:
+    """A dataclass field whose value must be one of ``choices``, checked by :func:`check_tree`."""
+    return field(default=default, metadata={"choices": choices})
 
 
 @dataclass(frozen=True)
@@ -62,21 +97,21 @@ class ModelConfig:
 
     arch: str = "deeplabv3plus"
     encoder: str = "resnet18"
-    num_classes: int = 19
+    num_classes: int = num(19, 1)
     #: Path to a local file with encoder weights, or None (random init). Never a hub name.
     encoder_weights: str | None = None
     #: DeepLabV3+ ASPP variant: ``smp`` (rates 12/24/36, separable) or ``robustnet`` (6/12/18, plain).
-    aspp: str = "smp"
+    aspp: str = choice("smp", ("smp", "robustnet"))
 
 
 @dataclass(frozen=True)
 class DataConfig:
     """Where training and evaluation images come from.
 
-    ``source`` and each entry of ``targets`` is either a synthetic domain name (``"synthetic"`` means
-    the embedded source domain) or ``NAME:ROOT`` for a real dataset (``gta5:/data/gta5``).
-    Images are resized to ``size`` (H, W) by the loader; the train-time random scale and crop of
-    :class:`TrainConfig` then operate on batches of that size.
+    ``source`` and each entry of ``targets`` is a dataset spec (``npdg.data.specs``): a synthetic
+    domain name (``"synthetic"`` means the embedded source domain) or ``NAME:ROOT[@SPLIT_FILE]`` for
+    a real dataset (``gta5:/data/gta5``). Images are resized to ``size`` (H, W) by the loader; the
+    train-time random scale and crop of :class:`TrainConfig` then operate on batches of that size.
     """
 
     source: str = DEFAULT_SOURCE
@@ -86,94 +121,131 @@ class DataConfig:
     train_split: str = "train"
     eval_split: str = "val"
     #: Number of synthetic training images (None → the generator's default length).
-    length: int | None = None
+    length: int | None = num(None, 1)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation, augmentation and bookkeeping of one training run."""
 
+    #: Training mode; the names and what each plugs into the loop are in ``npdg.recipes.modes``.
     mode: str = "erm"
-    iters: int = 2000
-    batch_size: int = 8
-    optimizer: str = "sgd"
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
+    iters: int = num(2000, 1)
+    batch_size: int = num(8, 2)
+    optimizer: str = choice("sgd", OPTIMIZERS)
+    lr: float = num(0.01, 0, lo_open=True)
+    momentum: float = num(0.9, 0, 1, hi_open=True)
+    weight_decay: float = num(5e-4, 0)
     #: Learning-rate multiplier of everything outside the encoder (mmseg SegFormer: 10).
-    head_lr_mult: float = 1.0
-    poly_power: float = 0.9
-    warmup_iters: int = 0
-    seed: int = 0
-    log_every: int = 10
-    eval_every: int = 0
-    checkpoint_every: int = 500
+    head_lr_mult: float = num(1.0, 0)
+    poly_power: float = num(0.9, 0)
+    warmup_iters: int = num(0, 0)
+    seed: int = num(0, 0)
+    log_every: int = num(10, 1)
+    eval_every: int = num(0, 0)
+    checkpoint_every: int = num(500, 1)
     #: Also keep ``checkpoints/iter_XXXXXX.pt`` at every checkpoint (not only ``last.pt``).
     keep_checkpoints: bool = False
     amp: bool = True
     channels_last: bool = True
     sync_bn: bool = True
-    num_workers: int = 0
+    num_workers: int = num(0, 0)
     #: Random rescale factor range applied to each training image before cropping.
     scale_range: tuple[float, float] = (0.5, 2.0)
     #: Training crop (H, W); None → ``data.size``.
     crop: tuple[int, int] | None = None
     hflip: bool = True
     #: ``photometric`` mode: colour jitter strength, blur probability and noise std.
-    color_jitter: float = 0.3
-    blur_prob: float = 0.5
-    noise_std: float = 0.03
+    color_jitter: float = num(0.3, 0, 1)
+    blur_prob: float = num(0.5, 0, 1)
+    noise_std: float = num(0.03, 0)
 
 
 @dataclass(frozen=True)
 class EvalConfig:
     """Evaluation at the end of training (and every ``train.eval_every`` iterations)."""
 
-    batch_size: int = 4
+    batch_size: int = num(4, 1)
     #: Evaluation protocol preset of npdg.evaluate (robustnet | mmseg); synthetic data uses its native size.
     protocol: str = "robustnet"
     #: Max images per dataset (None → all).
-    limit: int | None = None
+    limit: int | None = num(None, 1)
     #: Max images per dataset for the periodic evaluation during training.
-    periodic_limit: int | None = 32
+    periodic_limit: int | None = num(32, 1)
     #: Also evaluate the source domain's eval split (reported as "source" mIoU).
     include_source: bool = True
 
 
-# ---- DSP and sparsity sections (sparse-training modes; the dsp section also serves dsp/dsp_random)
 @dataclass(frozen=True)
 class DSPConfig:
     """The trained DSP used to stylize training batches (``python -m npdg dsp train`` output)."""
 
-    #: DSP folder (dsp.json + dsp.safetensors); required by the npdg* modes.
+    #: DSP folder (dsp.json + dsp.safetensors); required by the modes that stylize (npdg.recipes.modes).
     path: str | None = None
     #: Gradient-ascent steps on ε per iteration (0 = random styles, no ascent).
-    ascent_steps: int = 1
+    ascent_steps: int = num(1, 0)
     #: Ascent step size (None → the rule's default: 1.0 normalized, 20 for ASM).
-    step_size: float | None = None
+    step_size: float | None = num(None, 0, lo_open=True)
     #: Re-draw ε from N(0, I) every this many iterations (0 = never).
-    reset_every: int = 10
+    reset_every: int = num(10, 0)
     #: Content strength α of AdaIN blending (None → the DSP's own).
-    alpha: float | None = None
+    alpha: float | None = num(None, 0, 1)
     #: Ascent rule: normalized | asm.
-    rule: str = "normalized"
+    rule: str = choice("normalized", ASCENT_RULES)
 
 
 @dataclass(frozen=True)
 class SparsityConfig:
-    """Sparse training (modes slimming / npdg / npdg_unary / npdg_binary): ``γ.grad += λ_s·w̃·sign(γ)``."""
+    """Sparse training (docs/method.md §4): ``γ.grad += λ_s·w̃·sign(γ)``."""
 
     #: Strength λ_s of the γ penalty (Network Slimming: 1e-4 VGG, 1e-5 ResNet).
-    lambda_s: float = 1e-4
+    lambda_s: float = num(1e-4, 0)
     #: How many times the sensitivity weights w are recomputed during sparse training (npdg modes).
-    refresh: int = 4
-    #: λ combining unary and binary sensitivity (npdg; npdg_unary forces 1, npdg_binary forces 0).
-    lam: float = 0.4
+    refresh: int = num(4, 0)
+    #: λ combining unary and binary sensitivity (npdg; the table in npdg.recipes.modes may force it).
+    lam: float = num(DEFAULT_LAMBDA, 0, 1)
     #: Unary statistic: share (share of variance explained by style) | raw.
-    unary: str = "share"
+    unary: str = choice("share", UNARY_MODES)
     #: Source images and DSP styles per image of each sensitivity probe.
-    probe_images: int = 8
-    styles: int = 4
+    probe_images: int = num(8, 1)
+    styles: int = num(4, 2)
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """The prune pipeline (``npdg.recipes.prune``): sparse-train → select → prune → fine-tune → cost.
+
+    A pruned run's ``config.yaml`` records the section it was made with.
+    """
+
+    #: Pruning criterion; the names and what each means are in ``npdg.recipes.modes``.
+    criterion: str = "npdg"
+    #: Fraction of the units pruned (rate mode), or the cap of threshold mode.
+    rate: float = num(DEFAULT_RATE, 0, 1, hi_open=True)
+    #: Threshold mode: prune units whose score is below this (capped at ``rate``); None = rate mode.
+    threshold: float | None = num(None, 0, lo_open=True)
+    #: Sparse-training iterations before selection (sparse criteria only; 0 = use γ as it is).
+    sparse_iters: int = num(0, 0)
+    #: Fine-tuning iterations of the pruned model.
+    finetune_iters: int = num(0, 0)
+    #: λ_s of the sparse training (None → ``sparsity.lambda_s``).
+    lambda_s: float | None = num(None, 0)
+    #: Fine-tuning learning rate (None → ``train.lr``).
+    lr: float | None = num(None, 0, lo_open=True)
+    #: Kept channels per coupling group: a multiple of this, and at least this many.
+    round_to: int = num(8, 1)
+    #: At most this fraction of a coupling group is pruned.
+    max_layer_ratio: float = num(0.9, 0, 1, lo_open=True)
+    #: Input size (H, W) of the cost report.
+    cost_size: tuple[int, int] = (512, 1024)
+    #: Batch sizes whose latency is measured (empty: no timing).
+    cost_batches: tuple[int, ...] = (1,)
+    cost_repeats: int = num(5, 1)
+    #: Seed of the random criterion.
+    seed: int = num(0, 0)
+    #: DSP folder for sparse training and fine-tuning: ``auto`` (the shipped demo DSP when present),
+    #: a path, or None (plain CE).
+    dsp: str | None = "auto"
 
 
 @dataclass(frozen=True)
@@ -186,21 +258,12 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     dsp: DSPConfig = field(default_factory=DSPConfig)
     sparsity: SparsityConfig = field(default_factory=SparsityConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
 
     @property
     def crop(self) -> tuple[int, int]:
         """The effective training crop (H, W)."""
         return self.train.crop if self.train.crop is not None else self.data.size
-
-
-SECTIONS: dict[str, type] = {
-    "model": ModelConfig,
-    "data": DataConfig,
-    "train": TrainConfig,
-    "eval": EvalConfig,
-    "dsp": DSPConfig,
-    "sparsity": SparsityConfig,
-}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -248,16 +311,19 @@ def _to_scalar(value: Any, tp: type, key: str) -> Any:
             f = float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{key} must be an integer, got {value!r}") from None
-        if f != int(f):
+        if not math.isfinite(f) or f != int(f):
             raise ConfigError(f"{key} must be an integer, got {value!r}")
         return int(f)
     if tp is float:
         if isinstance(value, bool):
             raise ConfigError(f"{key} must be a number, got {value!r}")
         try:
-            return float(value)
+            f = float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{key} must be a number, got {value!r}") from None
+        if not math.isfinite(f):
+            raise ConfigError(f"{key} must be a finite number, got {value!r}")
+        return f
     if tp is str:
         if isinstance(value, (dict, list, tuple)):
             raise ConfigError(f"{key} must be a string, got {value!r}")
@@ -400,18 +466,97 @@ def tree_to_yaml(cfg: Any) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
-# building and overriding a Config
+# checks shared by every config tree: declared ranges and choices
 # --------------------------------------------------------------------------------------------------
+def _check_field(key: str, value: Any, meta: Any) -> None:
+    if value is None:
+        return
+    if "choices" in meta and value not in meta["choices"]:
+        raise ConfigError(f"{key} {value!r} is unknown; valid: {', '.join(meta['choices'])}")
+    if "range" not in meta:
+        return
+    lo, hi, lo_open, hi_open = meta["range"]
+    bad_lo = lo is not None and (value <= lo if lo_open else value < lo)
+    bad_hi = hi is not None and (value >= hi if hi_open else value > hi)
+    if bad_lo or bad_hi:
+        if lo == 0 and hi is None:
+            want = "positive" if lo_open else ">= 0"
+        elif lo == 1 and hi is None and not lo_open:
+            want = "positive (>= 1)"
+        elif hi is None:
+            want = f"{'>' if lo_open else 'at least'} {lo:g}"
+        else:
+            want = f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+        raise ConfigError(f"{key} must be {want}, got {value}")
+
+
+def check_tree(cfg: Any) -> Any:
+    """Check every field of a config tree against the range / choices it declares (:func:`num`,
+    :func:`choice`); ConfigError naming the first offending ``section.key``. Returns ``cfg``."""
+    for section in tree_sections(type(cfg)):
+        obj = getattr(cfg, section)
+        for f in fields(obj):
+            _check_field(f"{section}.{f.name}", getattr(obj, f.name), f.metadata)
+    return cfg
+
+
+def load_tree(root: type[T], path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+              validate: Callable[[T], T] | None = None) -> T:
+    """THE config loader of npdg (run configs and DSP configs alike): read YAML (None → defaults),
+    build the typed tree, apply ``section.key=value`` overrides, then check declared ranges and run
+    ``validate`` (the tree's own cross-field checks)."""
+    data, where = read_yaml_mapping(path)
+    cfg = override_tree(tree_from_dict(root, data, where), overrides)
+    cfg = check_tree(cfg)
+    return validate(cfg) if validate is not None else cfg
+
+
+# --------------------------------------------------------------------------------------------------
+# the run config
+# --------------------------------------------------------------------------------------------------
+def validate(cfg: Config) -> Config:
+    """Types and ranges of a run :class:`Config` plus its cross-field checks; ConfigError names the key.
+
+    Mode and criterion names are not checked here: only ``npdg.recipes`` knows them
+    (``npdg.recipes.modes.check_config``).
+    """
+    t, d = cfg.train, cfg.data
+    if t.batch_size < 2:
+        raise ConfigError(
+            f"train.batch_size must be at least 2 (got {t.batch_size}): BatchNorm and DeepLabV3+'s ASPP "
+            "image-pooling branch cannot train on a single image per step"
+        )
+    check_tree(cfg)
+    lo, hi = t.scale_range
+    if not (0 < lo <= hi) or not math.isfinite(hi):
+        raise ConfigError(f"train.scale_range must satisfy 0 < min <= max, got {list(t.scale_range)}")
+    if d.length is not None and d.length < t.batch_size:
+        raise ConfigError(f"data.length ({d.length}) must be at least train.batch_size ({t.batch_size})")
+    if not d.source:
+        raise ConfigError("data.source must name a synthetic domain or NAME:ROOT")
+    p = cfg.prune
+    if any(b < 1 for b in p.cost_batches):
+        raise ConfigError(f"prune.cost_batches must be positive, got {list(p.cost_batches)}")
+    check_pixels("prune.cost_size", p.cost_size)
+    return cfg
+
+
+def check_pixels(name: str, size: tuple[int, int]) -> tuple[int, int]:
+    """Refuse an input size above :data:`MAX_PIXELS` (4096×4096) with a message saying what to lower."""
+    h, w = size
+    if h * w > MAX_PIXELS:
+        raise ConfigError(f"{name} {h}x{w} is too large: at most {MAX_PIXELS} pixels (e.g. 4096x4096); lower it")
+    return size
+
+
 def config_from_dict(data: dict[str, Any] | None, where: str = "config") -> Config:
     """Build and validate a :class:`Config` from a nested dict (missing keys take defaults)."""
     return validate(tree_from_dict(Config, data, where))
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Load a YAML file (None → all defaults), apply ``key=value`` overrides, validate."""
-    data, where = read_yaml_mapping(path)
-    cfg = config_from_dict(data, where)
-    return apply_overrides(cfg, overrides)
+    """Load a run config YAML (None → all defaults), apply ``key=value`` overrides, validate."""
+    return load_tree(Config, path, overrides, validate)
 
 
 def apply_overrides(cfg: Config, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -419,83 +564,13 @@ def apply_overrides(cfg: Config, overrides: list[str] | tuple[str, ...] = ()) ->
     return validate(override_tree(cfg, overrides))
 
 
-def check_ranges(positive: dict[str, Any], nonneg: dict[str, Any] | None = None) -> None:
-    """ConfigError naming the first key of ``positive`` that is <= 0, then of ``nonneg`` that is < 0."""
-    for key, value in positive.items():
-        if value <= 0:
-            raise ConfigError(f"{key} must be positive, got {value}")
-    for key, value in (nonneg or {}).items():
-        if value < 0:
-            raise ConfigError(f"{key} must be >= 0, got {value}")
+def load_run_config(run_dir: str | Path) -> Config | None:
+    """The validated config of a run folder (``RUN/config.yaml``), or None when it has none.
 
-
-def validate(cfg: Config) -> Config:
-    """Check value ranges and combinations; raise ConfigError naming the offending key."""
-    t, d = cfg.train, cfg.data
-    if t.mode not in MODES:
-        raise ConfigError(f"train.mode {t.mode!r} is unknown; valid modes: {', '.join(MODES)}")
-    if t.mode not in IMPLEMENTED_MODES:
-        raise ConfigError(
-            f"train.mode {t.mode!r} is not implemented yet; implemented modes: {', '.join(IMPLEMENTED_MODES)}"
-        )
-    if t.optimizer not in OPTIMIZERS:
-        raise ConfigError(f"train.optimizer {t.optimizer!r} is unknown; valid: {', '.join(OPTIMIZERS)}")
-    if t.batch_size < 2:
-        raise ConfigError(
-            f"train.batch_size must be at least 2 (got {t.batch_size}): BatchNorm and DeepLabV3+'s ASPP "
-            "image-pooling branch cannot train on a single image per step"
-        )
-    positive = {
-        "train.iters": t.iters,
-        "train.lr": t.lr,
-        "train.log_every": t.log_every,
-        "train.checkpoint_every": t.checkpoint_every,
-        "eval.batch_size": cfg.eval.batch_size,
-        "model.num_classes": cfg.model.num_classes,
-    }
-    nonneg = {
-        "train.warmup_iters": t.warmup_iters,
-        "train.eval_every": t.eval_every,
-        "train.num_workers": t.num_workers,
-        "train.weight_decay": t.weight_decay,
-        "train.head_lr_mult": t.head_lr_mult,
-    }
-    check_ranges(positive, nonneg)
-    lo, hi = t.scale_range
-    if not (0 < lo <= hi):
-        raise ConfigError(f"train.scale_range must satisfy 0 < min <= max, got {list(t.scale_range)}")
-    if d.length is not None and d.length < t.batch_size:
-        raise ConfigError(f"data.length ({d.length}) must be at least train.batch_size ({t.batch_size})")
-    if not d.source:
-        raise ConfigError("data.source must name a synthetic domain or NAME:ROOT")
-    _validate_dsp_sparsity(cfg)
-    return cfg
-
-
-def _validate_dsp_sparsity(cfg: Config) -> None:
-    """Ranges of the ``dsp`` and ``sparsity`` sections; the npdg* modes need ``dsp.path``."""
-    s, g = cfg.sparsity, cfg.dsp
-    if s.lambda_s < 0:
-        raise ConfigError(f"sparsity.lambda_s must be >= 0, got {s.lambda_s}")
-    if s.refresh < 0:
-        raise ConfigError(f"sparsity.refresh must be >= 0, got {s.refresh}")
-    if not 0.0 <= s.lam <= 1.0:
-        raise ConfigError(f"sparsity.lam must be in [0, 1], got {s.lam}")
-    if s.unary not in ("share", "raw"):
-        raise ConfigError(f"sparsity.unary must be share or raw, got {s.unary!r}")
-    if s.probe_images < 1:
-        raise ConfigError(f"sparsity.probe_images must be >= 1, got {s.probe_images}")
-    if s.styles < 2:
-        raise ConfigError(f"sparsity.styles must be >= 2 (variance over styles), got {s.styles}")
-    if g.ascent_steps < 0 or g.reset_every < 0:
-        raise ConfigError(f"dsp.ascent_steps and dsp.reset_every must be >= 0, got {g.ascent_steps}, {g.reset_every}")
-    if g.rule not in ("normalized", "asm"):
-        raise ConfigError(f"dsp.rule must be normalized or asm, got {g.rule!r}")
-    if cfg.train.mode in DSP_MODES + SPARSITY_MODES and cfg.train.mode != "slimming" and not g.path:
-        raise ConfigError(
-            f"train.mode {cfg.train.mode} needs a trained DSP: set dsp.path (e.g. --set dsp.path=runs/dsp), "
-            "made with `python -m npdg dsp train`"
-        )
+    Reads configs written by every npdg version: sections and keys added later take their defaults.
+    """
+    path = Path(run_dir) / "config.yaml"
+    return load_config(path) if path.is_file() else None
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:
@@ -504,13 +579,13 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
 
 
 def dump_config(cfg: Config, path: str | Path | None = None) -> str:
-    """Serialize the fully resolved configuration as YAML; also write it to ``path`` if given."""
+    """Serialize the fully resolved configuration as YAML; also write it to ``path`` (atomically) if given."""
     text = tree_to_yaml(cfg)
     if path is not None:
-        Path(path).write_text(text)
+        atomic_write_text(text, path)
     return text
 
 
 def valid_keys() -> list[str]:
     """Every ``section.field`` key accepted by ``--set``."""
-    return [f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in fields(cls)]
+    return [f"{s}.{f.name}" for s, cls in tree_sections(Config).items() for f in fields(cls)]

@@ -19,3 +19,10 @@ class DataError(NpdgError):
 
 class ConfigError(NpdgError):
     """A configuration value, command-line option or argument is invalid."""
+
+
+class StorageError(NpdgError, OSError):
+    """A file could not be written (disk full, no permission): the message names the path and what to do.
+
+    Also an :class:`OSError`, so code that handles I/O failures generically still catches it.
+    """

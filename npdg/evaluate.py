@@ -41,6 +41,10 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from npdg.config import Config
+from npdg.data.specs import default_targets as default_target_specs
+from npdg.data.specs import extra_eval_specs, is_averaged, open_dataset, parse_spec, spec_name
+from npdg.data.synthetic import SOURCE_DOMAIN
 from npdg.errors import ConfigError, DataError
 from npdg.labels import CLASS_NAMES, IGNORE, NUM_CLASSES, colorize, train_ids_to_ids
 
@@ -527,10 +531,6 @@ def _shard(dataset: Dataset, limit: int | None) -> Dataset:
 
 
 def _default_source(domains: Iterable[str]) -> str | None:
-    try:
-        from npdg.data.synthetic import SOURCE_DOMAIN
-    except ImportError:
-        return None
     return SOURCE_DOMAIN if SOURCE_DOMAIN in set(domains) else None
 
 
@@ -579,10 +579,8 @@ def model_num_classes(model: nn.Module) -> int:
 def default_targets(names: Sequence[str], source: str | None) -> tuple[str, ...]:
     """The domains averaged into ``mean_target_miou`` when none are named: every evaluated domain
     except the source and the synthetic content-shift domain (``suburb``), which is still evaluated and
-    reported — NPDG targets style shift, so layout shift is shown apart (METHOD §7)."""
-    from npdg.data.synthetic import DOMAINS
-
-    return tuple(d for d in names if d != source and not (d in DOMAINS and DOMAINS[d].role == "content_shift"))
+    reported — NPDG targets style shift, so layout shift is shown apart (docs/method.md §7)."""
+    return tuple(d for d in names if is_averaged(d, source))
 
 
 def evaluate(
@@ -677,3 +675,52 @@ def _all_reduce_int(n: int, device: torch.device) -> int:
         dist.all_reduce(t)
         return int(t)
     return n
+
+
+# --------------------------------------------------------------------------------------------------
+# evaluation of a run config (what training does at its end)
+# --------------------------------------------------------------------------------------------------
+def protocol_of(cfg: Config) -> Protocol:
+    """The evaluation protocol preset named by ``eval.protocol`` (ConfigError if unknown)."""
+    return get_protocol(cfg.eval.protocol)
+
+
+def _eval_size(spec: str, cfg: Config) -> tuple[int, int] | None:
+    """Synthetic domains are rendered at ``data.size``; real datasets stay native (the protocol sizes them)."""
+    return None if parse_spec(spec).is_real else cfg.data.size
+
+
+def config_targets(cfg: Config) -> list[str]:
+    """The target specs of a run: ``data.targets``, or the default held-out domains of its source."""
+    return list(cfg.data.targets) if cfg.data.targets else default_target_specs(cfg.data.source)
+
+
+def evaluate_config(model: nn.Module, cfg: Config, device: torch.device, limit: int | None,
+                    datasets: dict[str, Dataset] | None = None, checkpoint: str | None = None) -> dict[str, Any]:
+    """Evaluate on the source's eval split (if ``eval.include_source``) and every target of ``cfg``.
+
+    Returns ``EvalResult.to_dict()`` plus a ``summary`` with ``source_miou`` and ``mean_target_miou``
+    (what ``runs list`` shows). Under torch.distributed every rank evaluates a shard and the
+    confusion matrices are all-reduced by :func:`evaluate`.
+    """
+    source = spec_name(cfg.data.source)
+    if datasets is None:
+        datasets = {}
+        if cfg.eval.include_source:
+            datasets[source] = open_dataset(cfg.data.source, cfg.data.eval_split, _eval_size(cfg.data.source, cfg))
+        for spec in config_targets(cfg) + extra_eval_specs(cfg.data.source, cfg.data.targets):
+            datasets.setdefault(spec_name(spec), open_dataset(spec, cfg.data.eval_split, _eval_size(spec, cfg)))
+        targets = [spec_name(spec) for spec in config_targets(cfg) if spec_name(spec) != source]
+    else:
+        targets = [name for name in datasets if name != source]
+    result = evaluate(model, datasets, protocol_of(cfg), cfg.eval.batch_size, device, limit=limit, targets=targets,
+                      source=source, seed=cfg.train.seed, checkpoint=checkpoint)
+    out = result.to_dict()
+    results = out.get("results", {})
+    out["summary"] = {
+        "source": source,
+        "source_miou": results.get(source, {}).get("miou"),
+        "mean_target_miou": out.get("mean_target_miou"),
+        "targets": targets,
+    }
+    return out

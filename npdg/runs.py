@@ -25,6 +25,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -32,7 +33,7 @@ import pandas as pd
 import torch
 import yaml
 
-from npdg.errors import ConfigError, NpdgError
+from npdg.errors import ConfigError, NpdgError, StorageError
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
@@ -76,16 +77,81 @@ class RunDir:
         return self.checkpoints / f"iter_{step:06d}.pt"
 
 
-def prepare_run_dir(path: str | Path, resume: bool = False, overwrite: bool = False) -> RunDir:
+#: Marker file npdg writes into every folder it creates as a run: only marked folders are ever deleted.
+MARKER_FILE = ".npdg-run"
+#: Files and folders npdg writes inside a run folder (glob patterns relative to the root). A marked
+#: folder holding anything else is never deleted by ``--overwrite``: the foreign files are listed.
+OWN_PATTERNS: tuple[str, ...] = (
+    MARKER_FILE, CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE, "pruning_plan.json", "cost.json", "prune.json",
+    "dsp.safetensors", "dsp.json", f"{CHECKPOINT_DIR}/*.pt", f"{EVAL_DIR}/*.json", "sensitivity/*",
+    "samples/*.png", ".*.tmp", "*/.*.tmp",
+)
+#: Sub-folders that are npdg runs or caches of their own (everything inside belongs to npdg).
+OWN_TREES: tuple[str, ...] = ("sparse", "cache")
+
+
+def _is_marked(root: Path) -> bool:
+    return (root / MARKER_FILE).is_file()
+
+
+def foreign_files(root: str | Path) -> list[Path]:
+    """Files under ``root`` that npdg did not write (matching neither :data:`OWN_PATTERNS` nor
+    :data:`OWN_TREES`), relative to ``root``, sorted."""
+    root = Path(root)
+    out = []
+    for p in sorted(root.rglob("*")):
+        if p.is_dir() and not p.is_symlink():
+            continue
+        rel = p.relative_to(root)
+        if rel.parts[0] in OWN_TREES and len(rel.parts) > 1:
+            continue
+        if not any(rel.match(pat) for pat in OWN_PATTERNS):
+            out.append(rel)
+    return out
+
+
+def remove_run_dir(root: str | Path) -> None:
+    """Delete a run folder npdg made, and nothing else.
+
+    Refused (ConfigError) for a folder without the npdg marker, or one that holds files npdg did not
+    write (they are listed), so ``--overwrite`` can never destroy user data. Symlinks are not followed.
+    """
+    root = Path(root)
+    if root.is_symlink():
+        raise ConfigError(f"{root} is a symbolic link; npdg only replaces run folders it made itself")
+    if not _is_marked(root):
+        raise ConfigError(
+            f"{root} exists and is not a run folder npdg made (no {MARKER_FILE} marker); "
+            "refusing to delete it — choose another output folder or remove it yourself"
+        )
+    foreign = foreign_files(root)
+    if foreign:
+        shown = ", ".join(str(f) for f in foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise ConfigError(f"{root} holds files npdg did not write ({shown}); refusing to delete it — move them first")
+    shutil.rmtree(root)
+
+
+def mark_run_dir(root: str | Path, kind: str) -> None:
+    """Write the npdg marker (``kind``: train, dsp, prune) into a folder npdg has just created."""
+    root = Path(root)
+    if not (root / MARKER_FILE).is_file():
+        atomic_write_text(json.dumps({"kind": kind, "npdg": 1}) + "\n", root / MARKER_FILE)
+
+
+def prepare_run_dir(path: str | Path, resume: bool = False, overwrite: bool = False, kind: str = "train",
+                    subdirs: tuple[str, ...] = (CHECKPOINT_DIR, EVAL_DIR)) -> RunDir:
     """Create (or reopen) a run directory.
 
     An existing non-empty directory is refused unless ``resume`` (continue from its last checkpoint)
-    or ``overwrite`` (delete it first) is given, so a second run never mixes its metrics and
-    checkpoints into the first one's.
+    or ``overwrite`` (delete it first — only if npdg made it, see :func:`remove_run_dir`) is given, so
+    a second run never mixes its metrics and checkpoints into the first one's. Stale temporary files
+    of interrupted writes in the run are removed (:func:`clean_stale_temps`).
     """
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite cannot be used together")
     run = RunDir(Path(path))
+    if run.root.exists() and not run.root.is_dir():
+        raise ConfigError(f"{run.root} exists and is not a folder")
     exists = run.root.exists() and any(run.root.iterdir())
     if resume:
         if not run.last_checkpoint.is_file():
@@ -95,10 +161,40 @@ def prepare_run_dir(path: str | Path, resume: bool = False, overwrite: bool = Fa
             raise ConfigError(
                 f"run directory {run.root} already exists; pass --resume to continue it or --overwrite to replace it"
             )
-        shutil.rmtree(run.root)
-    for d in (run.root, run.checkpoints, run.eval):
-        d.mkdir(parents=True, exist_ok=True)
+        remove_run_dir(run.root)
+    try:
+        for d in (run.root, *(run.root / s for s in subdirs)):
+            d.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StorageError(exc.errno, f"cannot create the run folder {run.root}: {exc.strerror or exc}; choose a writable place") from None
+    mark_run_dir(run.root, kind)
+    clean_stale_temps(run.root)
     return run
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # pragma: no cover - another user's live process
+        return True
+    return True
+
+
+def clean_stale_temps(root: str | Path) -> list[Path]:
+    """Remove npdg's temporary files of interrupted atomic writes under ``root`` (``.NAME.PID.*.tmp``)
+    whose writing process is gone; temps of a live writer (another DDP rank) are kept."""
+    removed = []
+    for p in Path(root).rglob(".*.tmp"):
+        pid = next((int(x) for x in p.name.split(".") if x.isdigit()), None)
+        if pid is None or (pid != os.getpid() and not _pid_alive(pid)):
+            try:
+                p.unlink()
+                removed.append(p)
+            except OSError:  # pragma: no cover
+                pass
+    return removed
 
 
 # --------------------------------------------------------------------------------------------------
@@ -117,64 +213,109 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to a temporary file beside ``path``, fsync it, then ``os.replace``.
-
-    If anything fails (disk full, interrupted) the temporary file is removed and ``path`` still holds
-    its previous content.
-    """
+def atomic_write(path: str | Path, write: Callable[[Any], None], binary: bool = True) -> Path:
+    """Write ``path`` atomically: ``write(fh)`` into a temporary file beside it (``.NAME.PID.XXXX.tmp``),
+    fsync, ``os.replace``, fsync the folder. On any failure (disk full, interrupted) the temporary file
+    is removed and ``path`` keeps its previous content; OSErrors become a ConfigError naming the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise StorageError(exc.errno, f"cannot write {path}: {exc.strerror or exc}; check the folder exists and is writable") from None
+    try:
+        with os.fdopen(fd, "wb" if binary else "w") as fh:
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(exc, OSError):
+            hint = "free some disk space" if exc.errno == 28 else "check permissions and free space"
+            raise StorageError(exc.errno, f"cannot write {path}: {exc.strerror or exc}; {hint}") from None
         raise
     _fsync_dir(path.parent)
+    return path
+
+
+def atomic_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` atomically (:func:`atomic_write`)."""
+    atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
 def atomic_write_text(text: str, path: str | Path) -> None:
-    """Write a text file atomically (same scheme as :func:`atomic_save`)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    """Write a text file atomically (:func:`atomic_write`)."""
+    atomic_write(path, lambda fh: fh.write(text), binary=False)
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True``; unreadable files raise a clear NpdgError."""
+def atomic_write_bytes(data: bytes, path: str | Path) -> Path:
+    """Write bytes atomically (:func:`atomic_write`)."""
+    return atomic_write(path, lambda fh: fh.write(data))
+
+
+def atomic_write_json(obj: Any, path: str | Path) -> Path:
+    """Write indented JSON atomically (:func:`atomic_write`)."""
+    return atomic_write(path, lambda fh: fh.write(json.dumps(obj, indent=2) + "\n"), binary=False)
+
+
+# --------------------------------------------------------------------------------------------------
+# checkpoints: the one writer and reader of both training loops (segmentor and DSP)
+# --------------------------------------------------------------------------------------------------
+CHECKPOINT_FORMAT = 1
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
+    """Write a training checkpoint atomically (tensors and plain containers only: weights_only-loadable)."""
+    atomic_save({"format": CHECKPOINT_FORMAT, **state}, path)
+    return Path(path)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
+                    required: dict[str, type | tuple[type, ...]] | None = None) -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True`` and check its format before any field is read.
+
+    ``required`` maps keys to the types their values must have; a file that is not an npdg
+    checkpoint (a bare tensor, a dict without the keys, a wrong-typed field, a pickle) raises a clear
+    NpdgError instead of a KeyError later.
+    """
     path = Path(path)
     if not path.is_file():
         raise NpdgError(f"checkpoint not found: {path}")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure means the file is not a usable checkpoint
-        raise NpdgError(f"cannot read checkpoint {path}: {exc}") from None
+        raise NpdgError(f"cannot read checkpoint {path}: {unpickling_message(str(exc))}") from None
+    if not isinstance(ckpt, dict):
+        raise NpdgError(f"{path} is not an npdg checkpoint (it holds a {type(ckpt).__name__}, not a dict)")
+    for key, types_ in (required or {}).items():
+        if key not in ckpt:
+            raise NpdgError(f"{path} is not an npdg checkpoint of this kind: no '{key}' entry")
+        value = ckpt[key]
+        if not isinstance(value, types_) or (isinstance(value, bool) and types_ is int):
+            raise NpdgError(f"{path} is not a valid npdg checkpoint: '{key}' is a {type(value).__name__}")
+    return ckpt
+
+
+def unpickling_message(detail: str) -> str:
+    """A plain sentence for torch's weights-only refusal (instead of its long boilerplate)."""
+    low = detail.lower()
+    if any(s in low for s in ("weights only load failed", "unsupported operand", "unsupported global", "weights_only")):
+        return ("refused: this file contains pickled Python objects, which npdg never loads; convert it to "
+                "tensors only (torch.save(model.state_dict()) or safetensors.torch.save_file)")
+    return detail.splitlines()[0] if detail else "unreadable"
 
 
 def append_metrics(run: RunDir, record: dict[str, Any]) -> None:
     """Append one JSON line to ``metrics.jsonl``."""
-    with open(run.metrics, "a") as fh:
-        fh.write(json.dumps(record) + "\n")
+    try:
+        with open(run.metrics, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+    except OSError as exc:
+        raise StorageError(exc.errno, f"cannot write {run.metrics}: {exc.strerror or exc}; check free space and permissions") from None
 
 
 def read_metrics(path: str | Path) -> pd.DataFrame:

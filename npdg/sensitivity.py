@@ -1,4 +1,4 @@
-"""Style sensitivity of every prunable unit (METHOD.md §3): unary and binary probes with streaming hooks.
+"""Style sensitivity of every prunable unit (docs/method.md §3): unary and binary probes with streaming hooks.
 
 A probe batch is B source images × K DSP styles, the K styles of one image adjacent (what
 ``DSP.stylize`` returns). For each unit i (a BatchNorm channel, or an attention head) and its
@@ -33,62 +33,41 @@ import pandas as pd
 import torch
 from torch import nn
 
+from npdg.config import DEFAULT_LAMBDA, UNARY_MODES, check_unit_interval
 from npdg.errors import ConfigError, DataError
+from npdg.models import SegModel
+from npdg.models.gates import GATE_PARAM, attention_modules
+from npdg.models.units import UnitLayer, unit_layers, unit_table
+from npdg.runs import atomic_write, atomic_write_text
 
-UNARY_MODES: tuple[str, ...] = ("share", "raw")
-DEFAULT_LAMBDA = 0.4
 EPS_VAR = 1e-8
 #: Units with less than this share of variance from style count as style-blind in the binary score.
 STYLE_FLOOR = 1e-6
 TABLE_COLUMNS: tuple[str, ...] = (
     "layer", "unit", "kind", "unary", "binary", "w_unary", "w_binary", "combined", "gamma", "group",
 )
-#: First line of a CSV table: ``# npdg-sensitivity {json meta}``.
+#: First line of a CSV table in npdg's first format (still read): ``# npdg-sensitivity {json meta}``.
 CSV_MAGIC = "# npdg-sensitivity "
+#: Key of the metadata in a Parquet table's schema.
+META_KEY = "npdg_sensitivity"
 ProgressFn = Callable[[int, int], None]
 
 
 # ==================================================================================================
 # which units are probed
 # ==================================================================================================
-@dataclass(frozen=True)
-class ProbeLayer:
-    """A layer of units as the probe sees it (mirrors ``npdg.pruning.units.UnitLayer``)."""
-
-    name: str  # module name inside the model (BN module, or MiT attention module)
-    kind: str  # "filter" | "head"
-    size: int  # number of units
-    param: str  # qualified name of γ (BN weight or head_gate); may be absent for ungated heads
-
-
-def _fallback_bn_layers(model: nn.Module) -> list[ProbeLayer]:
-    """Every BatchNorm2d outside the segmentation head (used when ``npdg.pruning.units`` is absent)."""
-    out = []
-    for name, m in model.named_modules():
-        if isinstance(m, nn.BatchNorm2d) and "segmentation_head" not in name and m.weight is not None:
-            out.append(ProbeLayer(name, "filter", m.num_features, f"{name}.weight"))
-    return out
-
-
-def probe_layers(model: nn.Module) -> list[ProbeLayer]:
+def probe_layers(model: nn.Module) -> list[UnitLayer]:
     """The units probed: ``unit_layers(model)`` (BN filters, gated heads) plus heads of every
     ungated MiT attention module (probed as if their gates were 1)."""
-    try:
-        from npdg.pruning.units import unit_layers
-    except ImportError:
-        layers = _fallback_bn_layers(model)
-    else:
-        layers = [ProbeLayer(u.name, u.kind, u.size, u.param) for u in unit_layers(model)]
-    from npdg.models.gates import GATE_PARAM, attention_modules
-
+    layers = list(unit_layers(model))
     have = {layer.name for layer in layers}
     for name, attn in attention_modules(model).items():
         if name not in have:
-            layers.append(ProbeLayer(name, "head", int(attn.num_heads), f"{name}.{GATE_PARAM}"))
+            layers.append(UnitLayer(name, "head", int(attn.num_heads), f"{name}.{GATE_PARAM}"))
     return layers
 
 
-def _gamma(model: nn.Module, layer: ProbeLayer) -> np.ndarray:
+def _gamma(model: nn.Module, layer: UnitLayer) -> np.ndarray:
     """γ of a layer's units (ungated heads: 1, the identity gate)."""
     try:
         p = model.get_parameter(layer.param)
@@ -199,7 +178,7 @@ class _HeadHook:
         self.stats.update(x.reshape(n // k, k, tokens, heads, width // heads).permute(3, 0, 1, 2, 4))
 
 
-def _attach(model: nn.Module, layers: Sequence[ProbeLayer], n_styles: int) -> tuple[dict[str, LayerStats], list]:
+def _attach(model: nn.Module, layers: Sequence[UnitLayer], n_styles: int) -> tuple[dict[str, LayerStats], list]:
     """Register one hook per layer; returns the stats and the handles (caller removes them)."""
     stats, handles = {}, []
     modules = dict(model.named_modules())
@@ -277,50 +256,72 @@ class SensitivityResult:
                             f"{missing or '-'}; table-only: {extra or '-'})")
 
     def save(self, path: str | Path) -> Path:
-        """Write the table as ``.csv`` (first line: ``# npdg-sensitivity {meta}``) or ``.parquet``."""
+        """Write the table as plain ``.csv`` or ``.parquet`` (atomically) plus the metadata sidecar
+        ``<name>.json``; Parquet also carries the metadata in its schema (key ``npdg_sensitivity``).
+
+        The CSV has no comment line, so ``pd.read_csv(path)`` with default arguments gives the table.
+        """
         path = Path(path)
         suffix = path.suffix.lower()
         if suffix not in (".csv", ".parquet"):
             raise ConfigError(f"sensitivity table must be .csv or .parquet, got {path.name!r}")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
+        meta = json.dumps(self.meta)
         if suffix == ".csv":
-            with open(tmp, "w", newline="") as f:
-                f.write(CSV_MAGIC + json.dumps(self.meta) + "\n")
-                self.table.to_csv(f, index=False)
+            atomic_write(path, lambda fh: self.table.to_csv(fh, index=False), binary=False)
         else:
-            table = self.table.copy()
-            table.attrs = {"npdg_sensitivity": json.dumps(self.meta)}
-            table.to_parquet(tmp, index=False)
-        tmp.replace(path)
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            table = pa.Table.from_pandas(self.table, preserve_index=False)
+            table = table.replace_schema_metadata({**(table.schema.metadata or {}), META_KEY.encode(): meta.encode()})
+            atomic_write(path, lambda fh: pq.write_table(table, fh))
+        atomic_write_text(meta + "\n", sidecar(path))
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> SensitivityResult:
-        """Read a table written by :meth:`save`; DataError if missing or not a sensitivity table."""
+        """Read a table written by :meth:`save` — or by npdg before the sidecar existed (a CSV whose
+        first line is ``# npdg-sensitivity {meta}``; Parquet with pandas attrs); DataError if missing
+        or not a sensitivity table."""
         path = Path(path)
         if not path.is_file():
             raise DataError(f"sensitivity table not found: {path}")
         try:
+            meta = None
             if path.suffix.lower() == ".parquet":
+                import pyarrow.parquet as pq
+
+                schema_meta = pq.read_schema(path).metadata or {}
+                if META_KEY.encode() in schema_meta:
+                    meta = json.loads(schema_meta[META_KEY.encode()].decode())
                 table = pd.read_parquet(path)
-                meta = json.loads(table.attrs.get("npdg_sensitivity", "{}"))
+                if meta is None and "npdg_sensitivity" in table.attrs:  # old files: pandas attrs
+                    meta = json.loads(table.attrs["npdg_sensitivity"])
                 table.attrs = {}
             else:
                 with open(path) as f:
                     first = f.readline()
-                    meta = json.loads(first[len(CSV_MAGIC):]) if first.startswith(CSV_MAGIC) else None
-                    if meta is None:
-                        raise DataError(f"{path} is not an npdg sensitivity table (no '{CSV_MAGIC.strip()}' header)")
+                    if first.startswith(CSV_MAGIC):  # old format: metadata in a comment line
+                        meta = json.loads(first[len(CSV_MAGIC):])
+                    else:
+                        f.seek(0)
                     table = pd.read_csv(f)
-        except DataError:
-            raise
+            if meta is None and sidecar(path).is_file():
+                meta = json.loads(sidecar(path).read_text())
         except Exception as exc:  # noqa: BLE001 - corrupt / foreign file
             raise DataError(f"cannot read sensitivity table {path}: {exc}") from None
+        if not isinstance(meta, dict):
+            raise DataError(f"{path} is not an npdg sensitivity table (no metadata: {sidecar(path).name} is missing)")
         missing = [c for c in TABLE_COLUMNS if c not in table.columns]
         if missing:
             raise DataError(f"{path} is not an npdg sensitivity table: missing column(s) {', '.join(missing)}")
         return cls(table, meta)
+
+
+def sidecar(path: str | Path) -> Path:
+    """The metadata file of a table: ``sens.csv`` → ``sens.json``."""
+    path = Path(path)
+    return path.with_suffix(".json")
 
 
 # ==================================================================================================
@@ -329,8 +330,7 @@ class SensitivityResult:
 def _check_args(n_styles: int, lam: float, unary: str, batch_size: int) -> None:
     if int(n_styles) < 2:
         raise ConfigError(f"the probe needs at least 2 styles per image (variance over styles), got {n_styles}")
-    if not 0.0 <= float(lam) <= 1.0:
-        raise ConfigError(f"lambda must be in [0, 1], got {lam}")
+    check_unit_interval("lambda", lam)
     if unary not in UNARY_MODES:
         raise ConfigError(f"unary must be one of {', '.join(UNARY_MODES)}, got {unary!r}")
     if int(batch_size) < 1:
@@ -360,19 +360,14 @@ def _styled_batches(images: torch.Tensor, dsp, n_styles: int, batch_size: int, s
 
 
 def _groups(model: nn.Module) -> dict[tuple[str, int], int] | None:
-    """(layer, unit) → torch-pruning group id from ``unit_table``, or None where unavailable."""
-    try:
-        from npdg.models import SegModel
-        from npdg.pruning.units import unit_table
-    except ImportError:
-        return None
+    """(layer, unit) → torch-pruning group id from ``unit_table``, or None for non-npdg models."""
     if not isinstance(model, SegModel):
         return None
     ut = unit_table(model)
     return {(str(l), int(u)): int(g) for l, u, g in zip(ut["layer"], ut["unit"], ut["group"])}
 
 
-def build_table(stats: dict[str, LayerStats], layers: Sequence[ProbeLayer], model: nn.Module, lam: float,
+def build_table(stats: dict[str, LayerStats], layers: Sequence[UnitLayer], model: nn.Module, lam: float,
                 unary: str, groups: dict[tuple[str, int], int] | None) -> pd.DataFrame:
     """Assemble the tidy per-unit table from finished per-layer statistics."""
     parts = []
@@ -419,7 +414,7 @@ def probe(
     _check_args(n_styles, lam, unary, batch_size)
     if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
         raise ConfigError(f"probe images must be a tensor [B, 3, H, W], got {getattr(images, 'shape', images)!r}")
-    layers = [ProbeLayer(l.name, l.kind, l.size, l.param) for l in (layers if layers is not None else probe_layers(model))]
+    layers = [UnitLayer(u.name, u.kind, u.size, u.param) for u in (layers if layers is not None else probe_layers(model))]
     if not layers:
         raise DataError("this model has no prunable units (no BatchNorm filters or attention heads) to probe")
     device = _model_device(model)
@@ -451,14 +446,13 @@ def probe(
 
 def recombine(result: SensitivityResult, lam: float) -> SensitivityResult:
     """The same statistics with another λ (no new forward pass)."""
-    if not 0.0 <= float(lam) <= 1.0:
-        raise ConfigError(f"lambda must be in [0, 1], got {lam}")
+    check_unit_interval("lambda", lam)
     t = result.table.copy()
     t["combined"] = lam * t["w_unary"] + (1.0 - lam) * t["w_binary"]
     return SensitivityResult(t, {**result.meta, "lam": float(lam)})
 
 
 __all__ = [
-    "DEFAULT_LAMBDA", "LayerStats", "ProbeLayer", "SensitivityResult", "TABLE_COLUMNS", "UNARY_MODES",
+    "DEFAULT_LAMBDA", "LayerStats", "SensitivityResult", "sidecar", "TABLE_COLUMNS", "UNARY_MODES",
     "build_table", "minmax", "probe", "probe_layers", "recombine",
 ]

@@ -94,8 +94,13 @@ def test_unknown_key_lists_valid_ones(tmp_path):
         ("data.size=100", "HxW"),
         ("train.batch_size=1", "at least 2"),
         ("train.optimizer=adam", "sgd, adamw"),
-        ("train.mode=l1norm", "not implemented yet"),
-        ("train.mode=bogus", "unknown; valid modes"),
+        ("train.iters=inf", "train.iters must be an integer"),
+        ("train.lr=nan", "train.lr must be a finite number"),
+        ("train.momentum=-0.5", "train.momentum must be in"),
+        ("train.iters=-3", "train.iters must be positive"),
+        ("prune.rate=1.5", "prune.rate must be in"),
+        ("prune.cost_size=100000x100000", "too large"),
+        ("sparsity.lam=nan", "sparsity.lam must be a finite number"),
         ("train.scale_range=2,1", "0 < min <= max"),
         ("train.iters=0", "train.iters must be positive"),
         ("train.scale_range=0.5", "must have 2 values"),
@@ -104,6 +109,23 @@ def test_unknown_key_lists_valid_ones(tmp_path):
 def test_bad_values_raise_clear_errors(override, message):
     with pytest.raises(ConfigError, match=message):
         apply_overrides(Config(), [override])
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.mode=l1norm", "is a pruning criterion"),
+        ("train.mode=bogus", "unknown; valid modes"),
+        ("prune.criterion=bogus", "unknown pruning criterion"),
+        ("eval.protocol=bogus", "protocol"),
+    ],
+)
+def test_mode_and_criterion_names_are_checked_by_the_recipes(override, message):
+    from npdg.recipes import check_config
+
+    cfg = apply_overrides(Config(), [override])  # the config checks types and ranges only
+    with pytest.raises(ConfigError, match=message):
+        check_config(cfg)
 
 
 def test_missing_and_invalid_files(tmp_path):

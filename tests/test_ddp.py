@@ -66,7 +66,7 @@ WORKER = textwrap.dedent(
     # distributed evaluation (npdg.evaluate all-reduces its confusion matrix); rank 0 reports it
     try:
         from npdg.evaluate import evaluate
-        from npdg.train import _protocol
+        from npdg.evaluate import protocol_of as _protocol
     except ImportError:
         evaluate = None
     if evaluate is not None:
@@ -119,7 +119,7 @@ def test_torchrun_two_cpu_processes(tmp_path):
         sys.path.remove(str(tmp_path))
     from npdg.config import Config
     from npdg.evaluate import evaluate
-    from npdg.train import _protocol
+    from npdg.evaluate import protocol_of as _protocol
 
     model = ns["TinySeg"]()
     model.load_state_dict(a)

@@ -151,9 +151,9 @@ def test_sample_grid_from_synthetic(trained, tmp_path):
 
 
 def test_sample_files_from_image_modes_with_ascent(trained, tmp_path, monkeypatch, capsys):
-    import npdg.models
+    import npdg.pruning.physical
 
-    monkeypatch.setattr(npdg.models, "load_model", lambda path, *a, **k: _Seg(), raising=False)
+    monkeypatch.setattr(npdg.pruning.physical, "load_model", lambda path, *a, **k: _Seg(), raising=False)
     rgba = tmp_path / "a.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (20, 30, 4), dtype=np.uint8), "RGBA").save(rgba)
     grey16 = tmp_path / "b.png"

@@ -6,10 +6,10 @@ import pytest
 import torch
 from test_sparsity import Blocks, Tiny, _cfg, dsp_dir  # noqa: F401  (fixture)
 
-from npdg.config import apply_overrides, Config
+from npdg.config import Config, apply_overrides
 from npdg.dsp.model import DSPBatchTransform, dsp_batch_transform
 from npdg.errors import ConfigError
-from npdg.train import train
+from npdg.recipes import check_config, train
 
 
 class Spy:
@@ -47,4 +47,4 @@ def test_dsp_mode_ascends_and_dsp_random_does_not(dsp_dir):  # noqa: F811
 
 def test_dsp_modes_need_a_dsp():
     with pytest.raises(ConfigError, match="needs a trained DSP"):
-        apply_overrides(Config(), ["train.mode=dsp"])
+        check_config(apply_overrides(Config(), ["train.mode=dsp"]))

@@ -6,8 +6,9 @@ import torch
 from torch import nn
 
 from npdg.config import Config, apply_overrides, dump_config
-from npdg.models import build_model, load_model, save_model
-from npdg.pruning.cli import main as prune_main
+from npdg.models import build_model, save_model
+from npdg.pruning.physical import load_model
+from npdg.cli.prune import main as prune_main
 from npdg.pruning.selection import PruningPlan
 
 
@@ -53,8 +54,11 @@ def test_npdg_without_sparse_training_warns_and_threshold_edge_cases(tmp_path, c
     assert any("not sparse-trained" in w for w in summary["warnings"])
     assert prune_main([*common, "--out", str(tmp_path / "b"), "--threshold", "1e-9"]) == 0
     assert "prunes nothing" in capsys.readouterr().out
-    assert prune_main([*common, "--out", str(tmp_path / "c"), "--threshold", "100"]) == 2
-    assert "prune everything" in capsys.readouterr().err
+    # a threshold above every score is capped at --max-rate (the method's threshold mode), not refused
+    assert prune_main([*common, "--out", str(tmp_path / "c"), "--threshold", "100", "--max-rate", "0.25"]) == 0
+    assert "capped at the rate 0.25" in capsys.readouterr().out
+    capped = json.loads((tmp_path / "c" / "prune.json").read_text())
+    assert 0 < capped["pruned"]["filter"] <= 0.25 * capped["candidates"]["filter"]
     assert prune_main([*common, "--out", str(tmp_path / "d"), "--rate", "1.0"]) == 2
     assert "rate must be in [0, 1)" in capsys.readouterr().err
     assert prune_main([*common, "--out", str(tmp_path / "a"), "--rate", "0.2"]) == 2  # exists, no --overwrite

@@ -9,7 +9,7 @@ from npdg.errors import ConfigError, DataError
 from npdg.models import build_model
 from npdg.models.gates import add_head_gates
 from npdg.pruning.selection import PruningPlan, select
-from npdg.pruning.units import coupling_groups
+from npdg.models.units import coupling_groups
 
 
 def _randomize(model, seed=0):
@@ -38,7 +38,7 @@ def b0():
 
 
 def test_rate_mode_constraints(r18):
-    plan = select(r18, criterion="npdg", rate=0.3, round_to=8, max_layer_ratio=0.9)
+    plan = select(r18, score="gamma", rate=0.3, round_to=8, max_layer_ratio=0.9)
     total = plan.candidates["filter"]
     assert total == sum(g.size for g in coupling_groups(r18))
     n = plan.num_pruned["filter"]
@@ -70,7 +70,7 @@ def test_per_layer_cap_and_round_to_one(r18):
 def test_heads_keep_one_and_single_head_layers_skipped(b0):
     with torch.no_grad():
         b0.get_submodule("net.encoder.block4.0.attn").head_gate.zero_()
-    plan = select(b0, criterion="gamma", rate=0.5)
+    plan = select(b0, score="gamma", rate=0.5)
     heads = {g.root: g for g in plan.groups if g.kind == "head"}
     assert "net.encoder.block1.0.attn" not in heads  # one head: never a candidate
     assert len(heads["net.encoder.block4.0.attn"].kept) >= 1
@@ -81,8 +81,9 @@ def test_heads_keep_one_and_single_head_layers_skipped(b0):
 def test_threshold_modes(r18):
     none = select(r18, threshold=1e-9, rate=0.3)
     assert none.is_empty and "prunes nothing" in none.note
-    with pytest.raises(DataError, match="prune everything"):
-        select(r18, threshold=10.0, rate=0.3)
+    capped = select(r18, threshold=10.0, rate=0.3)  # above every score: threshold mode is capped at the rate
+    assert "capped at the rate" in capped.note
+    assert capped.num_pruned == select(r18, rate=0.3).num_pruned
     some = select(r18, threshold=0.2, rate=0.3, round_to=1)
     n = some.num_pruned["filter"]
     assert 0 < n <= int(0.3 * some.candidates["filter"])
@@ -101,14 +102,14 @@ def test_bad_rate_refused(r18, rate):
 
 def test_unknown_criterion_and_no_units():
     with pytest.raises(ConfigError, match="criterion"):
-        select(build_model("deeplabv3plus", "resnet18", 2), criterion="taylor")
+        select(build_model("deeplabv3plus", "resnet18", 2), score="taylor")
     with pytest.raises(DataError, match="no prunable units"):
         select(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()))
 
 
 def test_plan_json_roundtrip_and_arch_mismatch(r18, b0, tmp_path):
-    plan = select(r18, criterion="random", rate=0.3, seed=3)
-    assert plan != select(r18, criterion="random", rate=0.3, seed=4)
+    plan = select(r18, score="random", rate=0.3, seed=3)
+    assert plan != select(r18, score="random", rate=0.3, seed=4)
     path = plan.save(tmp_path / "plan.json")
     assert PruningPlan.load(path) == plan
     with pytest.raises(ConfigError, match="resnet18.*encoder='mit_b0'|arch="):
@@ -119,6 +120,6 @@ def test_plan_json_roundtrip_and_arch_mismatch(r18, b0, tmp_path):
 
 
 def test_l1norm_scores_filters_by_weights(r18):
-    plan = select(r18, criterion="l1norm", rate=0.3)
+    plan = select(r18, score="l1norm", rate=0.3)
     assert plan.criterion == "l1norm" and plan.num_pruned["filter"] > 0
-    assert plan != select(r18, criterion="npdg", rate=0.3)
+    assert plan != select(r18, score="gamma", rate=0.3)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -13,10 +15,10 @@ from npdg.dsp.dvae import LatentDecoder
 from npdg.dsp.model import DSP, DSPSpec
 from npdg.errors import ConfigError, DataError
 from npdg.models import build_model
+from npdg.models.units import UnitLayer
 from npdg.sensitivity import (
     TABLE_COLUMNS,
     LayerStats,
-    ProbeLayer,
     SensitivityResult,
     minmax,
     probe,
@@ -50,7 +52,7 @@ def colour_styles(b: int = 16, k: int = 4, size=(8, 8), seed: int = 0) -> torch.
     return (content + shift).reshape(b * k, 3, *size)
 
 
-TOY_LAYERS = [ProbeLayer("bn", "filter", 4, "bn.weight")]
+TOY_LAYERS = [UnitLayer("bn", "filter", 4, "bn.weight")]
 
 
 def test_sanity_colour_copy_and_blind_units():
@@ -178,7 +180,7 @@ def test_hooks_removed_when_forward_fails():
     assert _hook_count(model) == before
     with pytest.raises(DataError, match="not a module"):
         probe(model, torch.rand(4, 3, 8, 8), None, n_styles=2, with_groups=False,
-              layers=[ProbeLayer("nope", "filter", 4, "nope.weight")])
+              layers=[UnitLayer("nope", "filter", 4, "nope.weight")])
     assert _hook_count(model) == before
 
 
@@ -211,6 +213,20 @@ def test_save_load_csv_parquet_and_model_check(tmp_path):
         pd.testing.assert_frame_equal(back.table, res.table, check_dtype=False)
         assert back.meta == res.meta
         back.check_model(model)
+    # every tool reads the CSV with default arguments; the metadata lives in the sidecar s.json
+    plain = pd.read_csv(tmp_path / "s.csv")
+    assert list(plain.columns) == list(res.table.columns) and len(plain) == len(res.table)
+    assert json.loads((tmp_path / "s.json").read_text()) == res.meta
+    import pyarrow.parquet as pq
+
+    assert b"npdg_sensitivity" in pq.read_schema(tmp_path / "s.parquet").metadata
+    # tables written in npdg's first format (metadata as a '# npdg-sensitivity' comment line) still load
+    old = tmp_path / "old.csv"
+    old.write_text("# npdg-sensitivity " + json.dumps(res.meta) + "\n" + res.table.to_csv(index=False))
+    pd.testing.assert_frame_equal(SensitivityResult.load(old).table, res.table, check_dtype=False)
+    (tmp_path / "nometa.csv").write_text(res.table.to_csv(index=False))
+    with pytest.raises(DataError, match="no metadata"):
+        SensitivityResult.load(tmp_path / "nometa.csv")
     with pytest.raises(ConfigError, match=r"\.csv or \.parquet"):
         res.save(tmp_path / "s.txt")
     (tmp_path / "other.csv").write_text("a,b\n1,2\n")

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from npdg.errors import ConfigError
-from npdg.models import build_model, load_model, save_model
+from npdg.models import build_model, save_model
+from npdg.pruning.physical import load_model
 from npdg.models.gates import add_head_gates
 from npdg.pruning.physical import count_params, prune_model
 from npdg.pruning.selection import select

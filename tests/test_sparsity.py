@@ -11,19 +11,15 @@ from torch.utils.data import Dataset
 
 from npdg.config import Config, apply_overrides, dump_config
 from npdg.errors import ConfigError, DataError
-from npdg.models import build_model, load_model, save_model
-from npdg.pruning.sparsity import (
-    SparsityHook,
-    l1_penalty,
-    mode_lambda,
-    normalized_weights,
-    probe_image_batch,
-    sparse_train,
-    sparsity_grad_hook,
-    without_gates,
-)
-from npdg.sensitivity import ProbeLayer
-from npdg.train import train
+from npdg.data.specs import spread_images as probe_image_batch
+from npdg.models import build_model, save_model
+from npdg.models.gates import without_gates
+from npdg.models.units import UnitLayer
+from npdg.pruning.physical import load_model
+from npdg.pruning.sparsity import SparsityHook, l1_penalty, normalized_weights, sparsity_grad_hook
+from npdg.recipes import check_config, train
+from npdg.recipes.modes import mode
+from npdg.recipes.sparse import sparse_train
 
 PALETTE = torch.tensor([[0.9, 0.1, 0.1], [0.1, 0.8, 0.2], [0.2, 0.2, 0.9]])
 
@@ -59,7 +55,7 @@ class Tiny(nn.Module):
         return self.segmentation_head(self.features(x))
 
 
-LAYERS = [ProbeLayer("features.1", "filter", 8, "features.1.weight"), ProbeLayer("features.4", "filter", 6, "features.4.weight")]
+LAYERS = [UnitLayer("features.1", "filter", 8, "features.1.weight"), UnitLayer("features.4", "filter", 6, "features.4.weight")]
 
 
 def _with_grads(model: nn.Module) -> None:
@@ -107,10 +103,10 @@ def test_npdg_hook_uses_weights_normalized_to_mean_one():
 
 
 def test_mode_lambda_and_probe_images():
-    assert mode_lambda("npdg", 0.4) == 0.4 and mode_lambda("npdg_unary", 0.4) == 1.0
-    assert mode_lambda("npdg_binary", 0.4) == 0.0
+    assert mode("npdg").lam_for(0.4) == 0.4 and mode("npdg_unary").lam_for(0.4) == 1.0
+    assert mode("npdg_binary").lam_for(0.4) == 0.0
     with pytest.raises(ConfigError):
-        mode_lambda("slimming", 0.4)
+        mode("l1norm")  # a pruning criterion, not a training mode
     ds = Blocks(8)
     imgs = probe_image_batch(ds, 3)
     assert imgs.shape == (3, 3, 32, 32)
@@ -123,8 +119,8 @@ def test_config_sections_and_validation():
     assert cfg.sparsity.lambda_s == 1e-5 and cfg.dsp.path == "/some/dsp"
     assert "sparsity:" in dump_config(cfg) and "dsp:" in dump_config(cfg)
     with pytest.raises(ConfigError, match="needs a trained DSP: set dsp.path"):
-        apply_overrides(Config(), ["train.mode=npdg"])
-    apply_overrides(Config(), ["train.mode=slimming"])  # Network Slimming may train on clean batches
+        check_config(apply_overrides(Config(), ["train.mode=npdg"]))
+    check_config(apply_overrides(Config(), ["train.mode=slimming"]))  # Network Slimming may train on clean batches
     for bad, match in (("sparsity.lam=2", "sparsity.lam"), ("sparsity.styles=1", "sparsity.styles"),
                        ("sparsity.unary=x", "sparsity.unary"), ("dsp.rule=x", "dsp.rule")):
         with pytest.raises(ConfigError, match=match):
@@ -159,7 +155,7 @@ def test_npdg_mode_trains_with_dsp_refreshes_and_penalizes(tmp_path, dsp_dir):
     model = Tiny()
     res = train(cfg, tmp_path / "run", model=model, train_dataset=Blocks(), evaluate_at_end=False, extra_losses=[Spy()])
     assert res.iters_done == 4 and seen == [4, 4, 4, 4]
-    tables = sorted(p.name for p in (tmp_path / "run" / "sensitivity").iterdir())
+    tables = sorted(p.name for p in (tmp_path / "run" / "sensitivity").glob("*.csv"))
     assert tables == ["iter_000000.csv", "iter_000002.csv"]  # before step 1, then every iters/refresh
     # a huge λ_s drives γ towards 0 compared with the same run without the penalty
     torch.manual_seed(0)

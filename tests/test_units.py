@@ -7,7 +7,7 @@ from torch import nn
 from npdg.errors import ConfigError
 from npdg.models import build_model
 from npdg.models.gates import add_head_gates
-from npdg.pruning.units import coupling_groups, gamma_vector, unit_layers, unit_table, unprunable_groups
+from npdg.models.units import coupling_groups, gamma_vector, unit_layers, unit_table, unprunable_groups
 
 
 @pytest.fixture(scope="module")

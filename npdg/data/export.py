@@ -26,6 +26,7 @@ from npdg.data.io import write_png
 from npdg.data.real import open_real
 from npdg.data.transforms import Resize, ResizeHeight
 from npdg.errors import ConfigError, DataError
+from npdg.runs import atomic_write_text
 from npdg.labels import IGNORE, NUM_CLASSES, train_ids_to_ids
 from npdg.viz import grid, legend, overlay, stack_below, to_uint8_image
 
@@ -108,9 +109,7 @@ def export_samples(dataset: torch.utils.data.Dataset, out_dir: str | Path, n: in
     writer.writerow(("index", "name", "domain", "split"))
     writer.writerows(rows)
     csv_path = out_dir / "samples.csv"
-    tmp = csv_path.with_name(f".{csv_path.name}.tmp")
-    tmp.write_text(buf.getvalue(), encoding="utf-8")
-    os.replace(tmp, csv_path)
+    atomic_write_text(buf.getvalue(), csv_path)
     return ExportResult(out_dir, n, count, tuple(files) + (csv_path,))
 
 

@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from npdg.errors import DataError
+from npdg.runs import atomic_write
 
 #: Exceptions PIL raises for unreadable, foreign or truncated files.
 _PIL_ERRORS = (OSError, SyntaxError, ValueError, UnidentifiedImageError, Image.DecompressionBombError)
@@ -163,7 +164,7 @@ def image_size(path: str | Path) -> tuple[int, int]:
 
 
 def write_png(path: str | Path, array: np.ndarray, palette: np.ndarray | None = None) -> Path:
-    """Write ``array`` as a PNG atomically (temp file in the same folder, then ``os.replace``).
+    """Write ``array`` as a PNG atomically (``npdg.runs.atomic_write``: temp file, fsync, rename).
 
     ``array`` is uint8 ``[H, W]`` (greyscale, or palette indices when ``palette`` [N, 3] is given),
     uint8 ``[H, W, 3]`` (RGB) or uint16 ``[H, W]``. A reader never sees a half-written file.
@@ -178,14 +179,4 @@ def write_png(path: str | Path, array: np.ndarray, palette: np.ndarray | None = 
             raise ValueError("a palette PNG needs a uint8 [H, W] index array")
         im = im.convert("L") if im.mode != "L" else im
         im.putpalette(np.asarray(palette, dtype=np.uint8).reshape(-1).tolist())  # turns mode into P
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            im.save(f, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write(path, lambda fh: im.save(fh, format="PNG"))

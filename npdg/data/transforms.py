@@ -15,24 +15,9 @@ import cv2
 import numpy as np
 import torch
 
+from npdg.config import parse_size  # noqa: F401 - re-exported: sizes are parsed in one place
 from npdg.errors import ConfigError
 from npdg.labels import IGNORE
-
-
-def parse_size(text: str | tuple[int, int] | list[int]) -> tuple[int, int]:
-    """Parse a size given as ``"HxW"`` (e.g. ``"256x512"``) or ``(H, W)`` into ``(H, W)``."""
-    if isinstance(text, (tuple, list)):
-        if len(text) != 2:
-            raise ConfigError(f"size must have two numbers (H, W), got {text!r}")
-        h, w = (int(v) for v in text)
-    else:
-        m = re.fullmatch(r"\s*(\d+)\s*[xX×]\s*(\d+)\s*", str(text))
-        if not m:
-            raise ConfigError(f"size must be written HxW, e.g. 256x512; got {text!r}")
-        h, w = int(m.group(1)), int(m.group(2))
-    if h <= 0 or w <= 0:
-        raise ConfigError(f"size must be positive, got {h}x{w}")
-    return h, w
 
 
 class PairTransform(Protocol):

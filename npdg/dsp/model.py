@@ -3,7 +3,7 @@
 ``DSP`` holds the frozen style encoder E, the decoder D and the D-VAE's latent decoder p (the FC
 encoder q is dropped after training). For a latent ε: ``p(ε) → (μ̂, σ̂)``, ``t = α·AdaIN(E(x); μ̂, σ̂)
 + (1 − α)·E(x)``, image ``D(t)`` clamped to [0, 1]. Everything is differentiable in ε, which is
-what makes gradient ascent on the segmentor's loss possible (METHOD.md §1).
+what makes gradient ascent on the segmentor's loss possible (docs/method.md §1).
 
 On disk a DSP is two files in one folder: ``dsp.safetensors`` (weights of E, D and p, float32 or
 float16) and ``dsp.json`` (architecture: encoder kind, channels, latent size, hidden size, α).
@@ -17,17 +17,20 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save
 from torch import nn
 
 from npdg.dsp.adain import StyleDecoder, StyleEncoder, adain_blend, build_decoder, build_encoder, check_alpha
 from npdg.dsp.dvae import LatentDecoder
+from npdg.config import ASCENT_RULES as CONFIG_ASCENT_RULES
 from npdg.errors import ConfigError, DataError
+from npdg.runs import atomic_write_bytes, atomic_write_text
 
 WEIGHTS_FILE = "dsp.safetensors"
 SPEC_FILE = "dsp.json"
 FORMAT = "npdg-dsp"
 FORMAT_VERSION = 1
-ASCENT_RULES: tuple[str, ...] = ("normalized", "asm")
+ASCENT_RULES: tuple[str, ...] = CONFIG_ASCENT_RULES
 #: Default step size per rule: α_ε for the normalized step, ASM's numerator 20 for ``(20/loss)·g``.
 DEFAULT_STEP_SIZE = {"normalized": 1.0, "asm": 20.0}
 IGNORE_INDEX = 255
@@ -118,17 +121,11 @@ class DSP(nn.Module):
     # ---- saving -----------------------------------------------------------------------------
     def save(self, directory: str | Path, fp16: bool = False) -> Path:
         """Write ``dsp.safetensors`` and ``dsp.json`` into ``directory`` (atomically per file)."""
-        from safetensors.torch import save_file
-
-        from npdg.runs import atomic_write_text
-
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         dtype = torch.float16 if fp16 else torch.float32
         tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in self.state_dict().items()}
-        tmp = directory / f".{WEIGHTS_FILE}.tmp"
-        save_file(tensors, str(tmp), metadata={"format": FORMAT})
-        tmp.replace(directory / WEIGHTS_FILE)
+        atomic_write_bytes(save(tensors, metadata={"format": FORMAT}), directory / WEIGHTS_FILE)
         spec = DSPSpec(**{**asdict(self.spec), "dtype": "float16" if fp16 else "float32"})
         atomic_write_text(json.dumps(spec.to_json(), indent=2) + "\n", directory / SPEC_FILE)
         return directory
@@ -136,8 +133,6 @@ class DSP(nn.Module):
     @classmethod
     def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> DSP:
         """Load a saved DSP (float32, eval mode, frozen). Missing/mismatched files → DataError."""
-        from safetensors.torch import load_file
-
         directory = Path(directory)
         spec_path, weights_path = directory / SPEC_FILE, directory / WEIGHTS_FILE
         for p in (spec_path, weights_path):
@@ -447,7 +442,7 @@ def dsp_batch_transform(cfg, segmentor: nn.Module, device: torch.device | str | 
     """The training loop's DSP hook built from a run config's ``dsp`` section (``npdg.config.DSPConfig``).
 
     ``mode`` ``dsp`` ascends ε against ``segmentor`` for ``dsp.ascent_steps`` steps per iteration;
-    ``dsp_random`` re-draws ε ~ N(0, I) every iteration (METHOD §0). ``None`` picks ``dsp`` when
+    ``dsp_random`` re-draws ε ~ N(0, I) every iteration (docs/method.md §0). ``None`` picks ``dsp`` when
     ``dsp.ascent_steps > 0``. ``cfg.dsp.path`` names the folder written by ``npdg dsp train``
     (loaded unless an already loaded ``dsp`` is given).
     """

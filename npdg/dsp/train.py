@@ -1,6 +1,6 @@
 """Training the DSP: ``python -m npdg dsp train --config FILE --out DIR [--set k=v] [--resume]``.
 
-Two stages (METHOD.md §1):
+Two stages (docs/method.md §1):
 
 1. ``tiny`` encoder only — autoencoder pretraining of encoder + decoder (pixel MSE) on source
    content images and style-bank images, ``train.pretrain_iters`` iterations; the encoder is then
@@ -32,230 +32,40 @@ from typing import Any
 import numpy as np
 import torch
 
-from npdg.config import check_ranges, override_tree, read_yaml_mapping, tree_from_dict, tree_to_dict, tree_to_yaml
-from npdg.data.transforms import resize_image
+from npdg.config import tree_to_yaml
+from npdg.data.io import read_rgb, write_png
+from npdg.data.specs import open_dataset, parse_spec
+from npdg.data.style_bank import style_image
+from npdg.data.synthetic import SOURCE_DOMAIN, SyntheticDataset
+from npdg.data.transforms import Resize, resize_image
 from npdg.dsp.adain import (
-    ENCODER_KINDS,
-    TINY_CHANNELS,
     StyleDecoder,
     StyleEncoder,
     build_decoder,
     build_encoder,
     style_vector,
 )
-from npdg.dsp.dvae import OPTIMIZATIONS, AutoencoderTrainer, LossWeights, StyleTrainer, StyleVAE
+from npdg.dsp.config import DSPConfig, apply_overrides, dsp_config_to_dict, load_dsp_config
+from npdg.dsp.dvae import AutoencoderTrainer, LossWeights, StyleTrainer, StyleVAE
 from npdg.dsp.model import DSP, DSPSpec
 from npdg.errors import ConfigError, DataError, NpdgError
 from npdg.runs import (
     RunDir,
     append_metrics,
-    atomic_save,
     atomic_write_text,
     capture_rng_state,
     load_checkpoint,
+    prepare_run_dir,
     restore_rng_state,
+    save_checkpoint,
     truncate_metrics,
 )
+from npdg.viz import grid, to_uint8_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 SAMPLES_DIR = "samples"
-#: Synthetic held-out domains (used when npdg.data.synthetic cannot list them).
-PRETRAIN_SCHEDULES = ("constant", "cosine")
-FALLBACK_HELD_OUT = ("photo", "night", "fog", "rain", "overcast", "toon")
-
-
-# --------------------------------------------------------------------------------------------------
-# configuration
-# --------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class EncoderSection:
-    """Style encoder: ``tiny`` (trained here) or ``vgg19`` (weights from the local file ``weights``)."""
-
-    kind: str = "tiny"
-    channels: tuple[int, ...] = TINY_CHANNELS
-    weights: str | None = None
-
-
-@dataclass(frozen=True)
-class DataSection:
-    """Content images: ``synthetic`` (source domain), ``folder:PATH`` or ``NAME:ROOT`` (real data)."""
-
-    content: str = "synthetic"
-    size: tuple[int, int] = (128, 256)
-    #: Train on random (H, W) crops of the ``size`` images (None → whole images). Fully
-    #: convolutional nets and spatial statistics make crops a cheap, faithful speed-up (RAIN trains
-    #: on 256² crops of 512×1024 images).
-    crop: tuple[int, int] | None = None
-    #: Number of content images (synthetic: rendered; folder/real: the first N). None → all / default.
-    length: int | None = 400
-    #: Keep decoded images in memory (uint8) so each is rendered/read once.
-    cache: bool = True
-
-
-@dataclass(frozen=True)
-class StyleSection:
-    """Style images: ``bank`` (procedural style bank) or ``folder:PATH``."""
-
-    source: str = "bank"
-    bank_size: int = 400
-    bank_seed: int = 0
-    #: Extra synthetic domains to draw style images from (held-out domains are refused).
-    domains: tuple[str, ...] = ()
-    #: Probability that a style slot holds a content image instead (METHOD: bank "plus source images").
-    content_fraction: float = 0.2
-
-
-@dataclass(frozen=True)
-class DVAESection:
-    """D-VAE sizes: latent d (None → C) and hidden width (None → 2C)."""
-
-    latent_dim: int | None = None
-    hidden: int | None = None
-    #: Model standardised style vectors (mean/std over ``norm_images`` style-batch images, measured
-    #: with the frozen encoder when stage 2 starts); see StyleVAE.set_normalization.
-    normalize: bool = False
-    norm_images: int = 256
-
-
-@dataclass(frozen=True)
-class TrainSection:
-    seed: int = 0
-    batch_size: int = 4
-    pretrain_iters: int = 1000
-    pretrain_lr: float = 1e-3
-    #: Stage-1 learning-rate schedule: ``constant`` or ``cosine`` (to 5 % of pretrain_lr at the end).
-    pretrain_schedule: str = "constant"
-    iters: int = 2000
-    lr: float = 1e-4
-    lr_decay: float = 5e-5
-    optimization: str = "alternate"
-    content_weight: float = 1.0
-    style_weight: float = 1.0
-    kl_weight: float = 1.0
-    rec_weight: float = 5.0
-    #: Stage-2 decoder identity term ‖D(E(x)) − x‖₁ (keeps natural colours/contrast; 0 = off).
-    identity_weight: float = 0.0
-    alpha: float = 1.0
-    log_every: int = 10
-    sample_every: int = 250
-    sample_images: int = 3
-    sample_styles: int = 4
-    checkpoint_every: int = 250
-    #: Store the final dsp.safetensors in float16.
-    fp16: bool = False
-    #: torch CPU threads (0 → torch's default).
-    threads: int = 0
-
-
-@dataclass(frozen=True)
-class DSPConfig:
-    encoder: EncoderSection = field(default_factory=EncoderSection)
-    data: DataSection = field(default_factory=DataSection)
-    style: StyleSection = field(default_factory=StyleSection)
-    dvae: DVAESection = field(default_factory=DVAESection)
-    train: TrainSection = field(default_factory=TrainSection)
-
-    @property
-    def total_iters(self) -> int:
-        return self.pretrain_iters + self.train.iters
-
-    @property
-    def pretrain_iters(self) -> int:
-        """Stage-1 iterations (0 for vgg19, whose encoder is pretrained)."""
-        return self.train.pretrain_iters if self.encoder.kind == "tiny" else 0
-
-
-def dsp_config_from_dict(data: dict | None, where: str = "config") -> DSPConfig:
-    """Build and validate a :class:`DSPConfig` from a nested dict (missing keys take defaults)."""
-    return validate(tree_from_dict(DSPConfig, data, where))
-
-
-def apply_overrides(cfg: DSPConfig, overrides: list[str] | tuple[str, ...] = ()) -> DSPConfig:
-    """Apply ``section.key=value`` overrides (values parsed as YAML) and validate."""
-    return validate(override_tree(cfg, overrides))
-
-
-def load_dsp_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> DSPConfig:
-    """Load a DSP config YAML (None → defaults) and apply overrides."""
-    data, where = read_yaml_mapping(path)
-    return apply_overrides(dsp_config_from_dict(data, where), overrides)
-
-
-def dsp_config_to_dict(cfg: DSPConfig) -> dict:
-    return tree_to_dict(cfg)
-
-
-def held_out_domains() -> tuple[str, ...]:
-    """Every synthetic domain that is not the source (held-out and content-shift domains)."""
-    names: set[str] = set(FALLBACK_HELD_OUT)
-    try:
-        from npdg.data.synthetic import DOMAINS
-    except ImportError:
-        return tuple(sorted(names))
-    names.update(name for name, d in DOMAINS.items() if d.role != "source")
-    names.discard(source_domain())
-    return tuple(sorted(names))
-
-
-def source_domain() -> str:
-    try:
-        from npdg.data.synthetic import SOURCE_DOMAIN
-    except ImportError:
-        return "source"
-    return SOURCE_DOMAIN
-
-
-def validate(cfg: DSPConfig) -> DSPConfig:
-    """Ranges, combinations and the held-out rule; ConfigError names the key."""
-    e, d, s, t = cfg.encoder, cfg.data, cfg.style, cfg.train
-    if e.kind not in ENCODER_KINDS:
-        raise ConfigError(f"encoder.kind {e.kind!r} is unknown; valid: {', '.join(ENCODER_KINDS)}")
-    if e.kind == "vgg19" and not e.weights:
-        raise ConfigError("encoder.kind vgg19 needs encoder.weights: a local vgg_normalised.pth or torchvision vgg19 file")
-    if e.kind == "tiny" and (not e.channels or min(e.channels) < 1):
-        raise ConfigError(f"encoder.channels must be positive integers, got {list(e.channels)}")
-    divisor = 2 ** (3 if e.kind == "vgg19" else max(len(e.channels) - 1, 0))
-    if d.size[0] % divisor or d.size[1] % divisor:
-        raise ConfigError(f"data.size {d.size[0]}x{d.size[1]} must be divisible by {divisor} for encoder {e.kind}")
-    if d.crop is not None:
-        if d.crop[0] % divisor or d.crop[1] % divisor:
-            raise ConfigError(f"data.crop {d.crop[0]}x{d.crop[1]} must be divisible by {divisor} for encoder {e.kind}")
-        if d.crop[0] > d.size[0] or d.crop[1] > d.size[1]:
-            raise ConfigError(f"data.crop {d.crop[0]}x{d.crop[1]} must fit in data.size {d.size[0]}x{d.size[1]}")
-    if t.pretrain_schedule not in PRETRAIN_SCHEDULES:
-        raise ConfigError(
-            f"train.pretrain_schedule {t.pretrain_schedule!r} is unknown; valid: {', '.join(PRETRAIN_SCHEDULES)}"
-        )
-    if t.optimization not in OPTIMIZATIONS:
-        raise ConfigError(f"train.optimization {t.optimization!r} is unknown; valid: {', '.join(OPTIMIZATIONS)}")
-    positive = {"train.batch_size": t.batch_size, "train.lr": t.lr, "train.pretrain_lr": t.pretrain_lr,
-                "train.log_every": t.log_every, "train.sample_every": t.sample_every,
-                "train.checkpoint_every": t.checkpoint_every, "train.sample_images": t.sample_images,
-                "train.sample_styles": t.sample_styles, "style.bank_size": s.bank_size}  # fmt: skip
-    nonneg = {"train.iters": t.iters, "train.pretrain_iters": t.pretrain_iters, "train.lr_decay": t.lr_decay,
-              "train.threads": t.threads}  # fmt: skip
-    check_ranges(positive, nonneg)
-    if d.length is not None and d.length < 1:
-        raise ConfigError(f"data.length must be positive or null, got {d.length}")
-    if not 0.0 <= s.content_fraction <= 1.0:
-        raise ConfigError(f"style.content_fraction must be in [0, 1], got {s.content_fraction}")
-    if not 0.0 <= t.alpha <= 1.0:
-        raise ConfigError(f"train.alpha must be in [0, 1], got {t.alpha}")
-    LossWeights(t.content_weight, t.style_weight, t.kl_weight, t.rec_weight, t.identity_weight)
-    if cfg.dvae.norm_images < 2:
-        raise ConfigError(f"dvae.norm_images must be >= 2, got {cfg.dvae.norm_images}")
-    held = held_out_domains()
-    if d.content in held:
-        raise ConfigError(f"data.content {d.content!r} is a held-out synthetic domain; DSP trains on the source domain only")
-    for name in s.domains:
-        if name in held:
-            raise ConfigError(
-                f"style.domains includes {name!r}, a held-out synthetic domain: DSP must never see a target "
-                f"domain (held-out: {', '.join(held)}); remove it — only {source_domain()!r} is allowed"
-            )
-        if name != source_domain():
-            raise ConfigError(f"style.domains: unknown synthetic domain {name!r}; only {source_domain()!r} is allowed")
-    return cfg
+#: Keys (and types) a DSP training checkpoint must hold before any field is read.
+CHECKPOINT_KEYS = {"step": int, "encoder": dict, "decoder": dict, "vae": dict, "ae_opt": dict, "rng": dict}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -314,17 +124,11 @@ def list_images(folder: str | Path) -> list[Path]:
     return files
 
 
-def _read_rgb(path: Path) -> np.ndarray:
-    from npdg.data.io import read_rgb
-
-    return read_rgb(path)
-
-
 def folder_pool(folder: str, size: tuple[int, int], length: int | None, cache: bool) -> ImagePool:
     files = list_images(folder)
     if length is not None:
         files = files[:length]
-    return ImagePool(f"folder:{folder}", len(files), lambda i: _read_rgb(files[i]), size, cache)
+    return ImagePool(f"folder:{folder}", len(files), lambda i: read_rgb(files[i]), size, cache)
 
 
 def content_pool(cfg: DSPConfig) -> ImagePool:
@@ -332,24 +136,19 @@ def content_pool(cfg: DSPConfig) -> ImagePool:
     spec, size, length, cache = cfg.data.content, cfg.data.size, cfg.data.length, cfg.data.cache
     if spec.startswith("folder:"):
         return folder_pool(spec[len("folder:") :], size, length, cache)
-    if spec in ("synthetic", source_domain()):
-        return synthetic_pool(source_domain(), size, length, cache)
-    if ":" in spec:
-        from npdg.data.real import open_real
-        from npdg.data.transforms import Resize
-
-        name, root = spec.split(":", 1)
-        ds = open_real(name, root, "train", transform=Resize(size))
+    parsed = parse_spec(spec)
+    if not parsed.is_real:
+        if parsed.name != SOURCE_DOMAIN:
+            raise ConfigError(f"data.content {spec!r}: DSP trains on the source domain only")
+        return synthetic_pool(SOURCE_DOMAIN, size, length, cache)
+    if parsed.is_real:
+        ds = open_dataset(parsed, "train", None, transform=Resize(size))
         n = len(ds) if length is None else min(length, len(ds))
         return ImagePool(spec, n, lambda i: ds[i]["image"], size, cache)
     raise ConfigError(f"data.content must be 'synthetic', 'folder:PATH' or NAME:ROOT, got {spec!r}")
 
 
 def synthetic_pool(domain: str, size: tuple[int, int], length: int | None, cache: bool) -> ImagePool:
-    try:
-        from npdg.data.synthetic import SyntheticDataset
-    except ImportError as exc:
-        raise DataError(f"the synthetic scene generator (npdg.data.synthetic) is not available: {exc}") from None
     kwargs: dict[str, Any] = {"size": size}
     if length is not None:
         kwargs["length"] = length
@@ -363,10 +162,6 @@ def style_pool(cfg: DSPConfig) -> ImagePool:
     if s.source.startswith("folder:"):
         pool = folder_pool(s.source[len("folder:") :], size, None, cache)
     elif s.source == "bank":
-        try:
-            from npdg.data.style_bank import style_image
-        except ImportError as exc:
-            raise DataError(f"the procedural style bank (npdg.data.style_bank) is not available: {exc}") from None
         pool = ImagePool("style bank", s.bank_size, lambda i: style_image(i, size, s.bank_seed), size, cache)
     else:
         raise ConfigError(f"style.source must be 'bank' or 'folder:PATH', got {s.source!r}")
@@ -464,22 +259,9 @@ class TrainResult:
 
 
 def prepare_out(out: str | Path, resume: bool, overwrite: bool) -> RunDir:
-    """Create or reopen the run directory (refuses to mix two runs, like npdg.runs)."""
-    import shutil
-
-    if resume and overwrite:
-        raise ConfigError("--resume and --overwrite cannot be used together")
-    run = RunDir(Path(out))
-    if resume:
-        if not run.last_checkpoint.is_file():
-            raise ConfigError(f"cannot resume: no checkpoint at {run.last_checkpoint}")
-    elif run.root.exists() and any(run.root.iterdir()):
-        if not overwrite:
-            raise ConfigError(f"output directory {run.root} already exists; pass --resume to continue it or --overwrite")
-        shutil.rmtree(run.root)
-    for d in (run.root, run.checkpoints, run.root / SAMPLES_DIR):
-        d.mkdir(parents=True, exist_ok=True)
-    return run
+    """Create or reopen the run directory (``npdg.runs.prepare_run_dir``: refuses to mix two runs and
+    only ever deletes a folder npdg made)."""
+    return prepare_run_dir(out, resume=resume, overwrite=overwrite, kind="dsp", subdirs=("checkpoints", SAMPLES_DIR))
 
 
 class DSPTraining:
@@ -524,10 +306,10 @@ class DSPTraining:
         return state
 
     def save_checkpoint(self) -> None:
-        atomic_save(self.state(), self.run.last_checkpoint)
+        save_checkpoint(self.state(), self.run.last_checkpoint)
 
     def resume(self) -> None:
-        ckpt = load_checkpoint(self.run.last_checkpoint)
+        ckpt = load_checkpoint(self.run.last_checkpoint, required=CHECKPOINT_KEYS)
         m = self.modules
         try:
             m.encoder.load_state_dict(ckpt["encoder"])
@@ -537,7 +319,7 @@ class DSPTraining:
             self.step = int(ckpt["step"])
             if "style_opt" in ckpt:
                 self._style_trainer().load_state_dict(ckpt["style_opt"])
-        except (KeyError, RuntimeError, ValueError) as exc:
+        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
             raise NpdgError(
                 f"checkpoint {self.run.last_checkpoint} does not match this configuration ({exc}); "
                 "resume with the run's own config.yaml"
@@ -612,9 +394,6 @@ class DSPTraining:
 
     def save_samples(self) -> Path:
         """Grid: one row per sample image — content | reconstruction | K stylizations (fixed ε)."""
-        from npdg.data.io import write_png
-        from npdg.viz import grid, to_uint8_image
-
         t = self.cfg.train
         n = min(t.sample_images, len(self.contents))
         images = torch.stack([self.contents.get(i) for i in range(n)])
@@ -695,6 +474,9 @@ def train_dsp(
         cfg = load_dsp_config(run_root / "config.yaml", overrides)
     else:
         cfg = load_dsp_config(config, overrides)
+    if resume:  # a foreign or truncated checkpoint is refused before anything is written
+        load_checkpoint(RunDir(run_root).last_checkpoint, required=CHECKPOINT_KEYS)
+    content_pool(cfg), style_pool(cfg)  # bad content / style sources fail before the folder is created
     run = prepare_out(run_root, resume=resume, overwrite=overwrite)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -705,12 +487,4 @@ def train_dsp(
     return training.run_all()
 
 
-__all__ = [
-    "DSPConfig",
-    "DSPTraining",
-    "TrainResult",
-    "apply_overrides",
-    "dsp_config_to_dict",
-    "load_dsp_config",
-    "train_dsp",
-]
+__all__ = ["DSPConfig", "DSPTraining", "TrainResult", "load_dsp_config", "train_dsp"]

@@ -1,4 +1,6 @@
-"""Models: smp builders (:mod:`.build`), local weight files (:mod:`.weights`), device choice."""
+"""Models: smp builders (:mod:`.build`), local weight files (:mod:`.weights`), whole-model files
+(:mod:`.store`), MiT head gates (:mod:`.gates`), prunable units and coupling groups (:mod:`.units`),
+device choice."""
 
 from __future__ import annotations
 
@@ -14,14 +16,8 @@ from npdg.models.build import (
     build_model,
     validate_spec,
 )
-from npdg.models.weights import (
-    LoadReport,
-    load_encoder_weights,
-    load_model,
-    read_model_meta,
-    read_state_dict,
-    save_model,
-)
+from npdg.models.store import load_model, read_model_meta, resolve_model_path, save_model
+from npdg.models.weights import LoadReport, load_encoder_weights, read_state_dict
 
 DEVICE_CHOICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
 
@@ -73,6 +69,7 @@ __all__ = [
     "load_model",
     "read_model_meta",
     "read_state_dict",
+    "resolve_model_path",
     "save_model",
     "select_device",
     "validate_spec",

@@ -42,6 +42,7 @@ from torch import nn
 
 from npdg.errors import ConfigError
 from npdg.labels import NUM_CLASSES
+from npdg.models.weights import load_encoder_weights
 
 #: Encoders each architecture supports, in the order they are listed to users.
 ENCODERS: dict[str, tuple[str, ...]] = {
@@ -203,7 +204,5 @@ def build_model(
         )
     model = SegModel(_build_net(spec), spec)
     if encoder_weights is not None:
-        from npdg.models.weights import load_encoder_weights
-
         load_encoder_weights(model, encoder_weights, strict=strict)
     return model

@@ -13,6 +13,8 @@ linear) and drops parameter and hook, so the state dict is the plain smp archite
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -110,6 +112,16 @@ def remove_head_gates(model: nn.Module, fold: bool = True) -> None:
         del attn._parameters[GATE_PARAM]
 
 
+def without_gates(model: nn.Module) -> nn.Module:
+    """``model`` itself when it has no head gates, else a copy with the gates folded into ``proj``
+    (exact), so saved weights load as the plain architecture."""
+    if not head_gate_modules(model):
+        return model
+    plain = copy.deepcopy(model)
+    remove_head_gates(plain, fold=True)
+    return plain
+
+
 def head_dim(attn: nn.Module) -> int:
     """Width of one head (``proj`` input columns per head)."""
     return attn.proj.in_features // attn.num_heads
@@ -123,4 +135,5 @@ __all__ = [
     "head_dim",
     "head_gate_modules",
     "remove_head_gates",
+    "without_gates",
 ]

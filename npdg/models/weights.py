@@ -1,4 +1,4 @@
-"""Local weight files: pretrained encoder weights in, whole npdg models in and out.
+"""Local weight files: reading state dicts safely and loading pretrained encoder weights.
 
 Nothing here downloads anything, and nothing here executes code from a file: ``.pth``/``.pt``
 files are read with ``torch.load(..., weights_only=True)`` (a pickle that carries Python objects
@@ -16,15 +16,11 @@ Encoder weights (:func:`load_encoder_weights`) may come in any of the common nam
   and a whole segmentation model's ``encoder.`` (smp) or ``backbone.`` (mmseg) part, whose other
   parts (decoder, heads) are skipped and reported.
 
-Whole models (:func:`save_model` / :func:`load_model`) are single ``.safetensors`` files holding the
-smp model's state dict (smp names, so plain smp can read them too) and string metadata
-``npdg_format``, ``arch``, ``encoder``, ``num_classes``, ``aspp``, ``dtype`` plus any extra keys.
+Whole npdg models are saved and loaded by :mod:`npdg.models.store`.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import pickle
 import zipfile
 from collections.abc import Mapping
@@ -32,15 +28,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from npdg.errors import ConfigError, DataError
-from npdg.models.build import ModelSpec, SegModel, build_model, validate_spec
 
-MODEL_FILENAME = "model.safetensors"
-FORMAT_VERSION = "1"
 #: Keys of a training checkpoint that may wrap the state dict, tried in this order.
 WRAPPER_KEYS: tuple[str, ...] = ("state_dict", "model", "model_state_dict", "model_state", "net", "weights")
 #: Prefixes that wrap *every* key (data-parallel, wrapper modules) and are simply removed.
@@ -198,8 +190,10 @@ def _strip_prefixes(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor
 
 
 def _encoder_of(model: nn.Module) -> nn.Module:
-    if isinstance(model, SegModel):
-        return model.net.encoder
+    """The encoder of an npdg SegModel (``model.net.encoder``) or of a bare smp model (``model.encoder``)."""
+    net = getattr(model, "net", None)
+    if isinstance(net, nn.Module) and isinstance(getattr(net, "encoder", None), nn.Module):
+        return net.encoder
     if hasattr(model, "encoder") and isinstance(model.encoder, nn.Module):
         return model.encoder
     raise ConfigError(f"cannot find an encoder in a {type(model).__name__}")
@@ -255,141 +249,3 @@ def load_encoder_weights(model: nn.Module, path: str | Path, strict: bool = True
     # nn.Module.load_state_dict directly: smp's encoders override it with incompatible signatures.
     nn.Module.load_state_dict(encoder, loadable, strict=False)
     return report
-
-
-# ------------------------------------------------------------------------------------ whole models
-
-
-def resolve_model_path(path: str | Path) -> Path:
-    """A model file, or a run directory holding ``model.safetensors``."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / MODEL_FILENAME
-    if not path.is_file():
-        raise DataError(f"model file not found: {path}")
-    return path
-
-
-def _meta_value(value) -> str:
-    return value if isinstance(value, str) else json.dumps(value)
-
-
-def save_model(model: SegModel, path: str | Path, extra_meta: dict | None = None, fp16: bool = False) -> Path:
-    """Write ``model`` as one safetensors file with npdg metadata, atomically (tmp + os.replace).
-
-    ``path`` may be a directory (then ``DIR/model.safetensors``). ``extra_meta`` values that are not
-    strings are stored as JSON. ``fp16`` halves floating-point tensors (demo assets);
-    :func:`load_model` reads them back as float32. Returns the written path.
-    """
-    if not isinstance(model, SegModel):
-        raise ConfigError(f"save_model expects a SegModel, got {type(model).__name__}")
-    path = Path(path)
-    if path.is_dir():
-        path = path / MODEL_FILENAME
-    dtype = torch.float16 if fp16 else torch.float32
-    state = {}
-    for key, tensor in model.net.state_dict().items():
-        tensor = tensor.detach().to("cpu")
-        if tensor.is_floating_point():
-            tensor = tensor.to(dtype)
-        state[key] = tensor.contiguous().clone()
-    meta = {"npdg_format": FORMAT_VERSION, **model.spec.to_meta(), "dtype": str(dtype).replace("torch.", "")}
-    for key, value in (extra_meta or {}).items():
-        if key in meta:
-            raise ConfigError(f"extra_meta key {key!r} is reserved (npdg writes it itself)")
-        meta[str(key)] = _meta_value(value)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        save_file(state, str(tmp), metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-def read_model_meta(path: str | Path) -> dict[str, str]:
-    """The metadata of an npdg model file (or run directory); :class:`DataError` if it is not one."""
-    path = resolve_model_path(path)
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = dict(f.metadata() or {})
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise DataError(f"{path} is not a readable safetensors model file: {exc}") from None
-    if "npdg_format" not in meta:
-        raise DataError(
-            f"{path} is not an npdg model file (no npdg_format metadata); "
-            "for pretrained backbone weights use load_encoder_weights / --encoder-weights"
-        )
-    if meta["npdg_format"] != FORMAT_VERSION:
-        raise DataError(f"{path} has npdg_format {meta['npdg_format']!r}; this npdg reads {FORMAT_VERSION!r}")
-    return meta
-
-
-def spec_from_meta(meta: dict[str, str], path: str | Path = "<model>") -> ModelSpec:
-    """Rebuild the :class:`ModelSpec` stored in a model file's metadata."""
-    try:
-        return validate_spec(meta["arch"], meta["encoder"], int(meta["num_classes"]), meta.get("aspp", "smp"))
-    except (KeyError, ValueError, ConfigError) as exc:
-        raise DataError(f"{path}: invalid model metadata ({exc})") from None
-
-
-def _check_expected(spec: ModelSpec, path: Path, arch, encoder, num_classes) -> None:
-    for name, want in (("arch", arch), ("encoder", encoder), ("num_classes", num_classes)):
-        have = getattr(spec, name)
-        if want is not None and want != have:
-            raise ConfigError(
-                f"{path} holds a {spec.arch}/{spec.encoder} model with {spec.num_classes} classes, "
-                f"but {name}={want!r} was expected"
-            )
-
-
-def _replay_pruning_plan(model: SegModel, path: Path) -> SegModel:
-    """A physically pruned model file has ``pruning_plan.json`` beside it: replay the plan on the
-    dense model so the weights fit (see :mod:`npdg.pruning.physical`); otherwise return ``model``."""
-    plan_path = path.parent / "pruning_plan.json"
-    if not plan_path.is_file():
-        return model
-    from npdg.pruning.physical import replay_plan
-
-    return replay_plan(model, plan_path)
-
-
-def load_model(
-    path: str | Path,
-    *,
-    arch: str | None = None,
-    encoder: str | None = None,
-    num_classes: int | None = None,
-    device: str | torch.device = "cpu",
-) -> SegModel:
-    """Build the model a file (or run directory) describes and load its weights strictly.
-
-    ``arch``/``encoder``/``num_classes``, when given, must match the file (:class:`ConfigError`
-    otherwise). Tensors whose names or shapes differ from the architecture raise :class:`DataError`
-    (e.g. a physically pruned model: replay its pruning plan instead). Returned in eval mode.
-    """
-    path = resolve_model_path(path)
-    spec = spec_from_meta(read_model_meta(path), path)
-    _check_expected(spec, path, arch, encoder, num_classes)
-    model = build_model(spec.arch, spec.encoder, spec.num_classes, aspp=spec.aspp)
-    model = _replay_pruning_plan(model, path)
-    state = read_state_dict(path)
-    target = model.net.state_dict()
-    missing = [k for k in target if k not in state]
-    unexpected = [k for k in state if k not in target]
-    mismatched = [
-        f"{k} file {list(state[k].shape)} vs model {list(target[k].shape)}"
-        for k in target
-        if k in state and state[k].shape != target[k].shape
-    ]
-    if missing or unexpected or mismatched:
-        detail = "; ".join(
-            f"{label} {len(keys)} ({', '.join(keys[:4])}{', …' if len(keys) > 4 else ''})"
-            for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched))
-            if keys
-        )
-        raise DataError(f"{path}: tensors do not fit a {spec.arch}/{spec.encoder} with {spec.num_classes} classes: {detail}")
-    state = {k: v.to(target[k].dtype) for k, v in state.items()}
-    nn.Module.load_state_dict(model.net, state, strict=True)
-    return model.to(device).eval()

@@ -24,8 +24,9 @@ from torch import nn
 
 from npdg.errors import ConfigError
 from npdg.models.gates import attention_modules, head_dim, remove_head_gates
+from npdg.models.store import load_model as load_dense
 from npdg.pruning.selection import PruningPlan
-from npdg.pruning.units import build_graph
+from npdg.models.units import build_graph
 
 
 class PrunedAttention(MiTAttention):
@@ -127,4 +128,15 @@ def replay_plan(model: nn.Module, plan: PruningPlan | str | Path) -> nn.Module:
     return prune_model(model, plan, inplace=True)
 
 
-__all__ = ["PrunedAttention", "count_params", "prune_filters_", "prune_heads_", "prune_model", "replay_plan"]
+__all__ = ["PrunedAttention", "count_params", "load_model", "prune_filters_", "prune_heads_", "prune_model", "replay_plan"]
+
+
+def _replay_if_planned(model: nn.Module, plan_path: Path) -> nn.Module:
+    return replay_plan(model, plan_path)
+
+
+def load_model(path: str | Path, **kwargs) -> nn.Module:
+    """:func:`npdg.models.load_model` that also loads physically pruned files: a ``pruning_plan.json``
+    beside the file is replayed on the freshly built dense model before the weights are read, so
+    ``eval``, ``cost``, ``sensitivity`` and the dashboard accept pruned runs (docs/method.md §5)."""
+    return load_dense(path, structure=_replay_if_planned, **kwargs)

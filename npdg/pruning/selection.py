@@ -1,15 +1,17 @@
-"""Selection: which units to prune, as a replayable :class:`PruningPlan` (METHOD §5).
+"""Selection: which units to prune, as a replayable :class:`PruningPlan` (docs/method.md §5).
 
 Scores are per *group channel* (a channel of a torch-pruning coupling group, see
-:mod:`npdg.pruning.units`) and per head:
+:mod:`npdg.models.units`) and per head:
 
-* ``npdg`` / ``slimming`` / ``gamma``: |γ| — the mean |BN weight| over the group's BNs at that channel,
+* ``gamma`` (criteria ``npdg`` / ``slimming``, see ``npdg.recipes.modes``): |γ| — the mean |BN weight| over the group's BNs at that channel,
   or |head gate| (on a model whose gates were folded into ``proj`` when saved, the head's mean
   |proj column|, which the folding scaled by |g_h|). (npdg and slimming differ in how γ was sparse-trained, not in how it is read.)
 * ``l1norm``: mean |w| of the filters that produce the channel (Li et al.'s L1 filter norm divided by
   the fan-in, so layers of different widths rank together); for a head, mean |w| of its ``proj``
   input columns.
 * ``random``: uniform scores from a seeded generator.
+* ``scores``: per-unit values given by the caller (e.g. the style sensitivity itself): a *proxy*
+  criterion, labelled as such, not NPDG.
 
 **Rate mode** prunes the fraction ``rate`` of the candidate units with the lowest score, globally.
 Filters and heads are ranked separately, each at ``rate`` (|γ| of a BN and of a head gate are not on
@@ -24,16 +26,22 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from torch import nn
 
+from npdg.config import DEFAULT_RATE
 from npdg.errors import ConfigError, DataError
+from npdg.runs import atomic_write_text
 from npdg.models.gates import attention_modules, head_dim
-from npdg.pruning.units import CouplingGroup, coupling_groups, head_group_ids, unit_layers
+from npdg.models.units import CouplingGroup, coupling_groups, head_group_ids, unit_layers
 
-CRITERIA: tuple[str, ...] = ("npdg", "slimming", "gamma", "l1norm", "random")
+#: How units are ranked (lowest first). Criterion names (npdg, slimming, ...) map onto these in
+#: ``npdg.recipes.modes``.
+SCORES: tuple[str, ...] = ("gamma", "l1norm", "random", "scores")
 PLAN_FORMAT = "npdg-pruning-plan"
 PLAN_VERSION = 1
 PLAN_FILENAME = "pruning_plan.json"
@@ -182,9 +190,7 @@ class PruningPlan:
         path = Path(path)
         if path.is_dir():
             path = path / PLAN_FILENAME
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(self.to_json())
-        tmp.replace(path)
+        atomic_write_text(self.to_json(), path)
         return path
 
     @classmethod
@@ -235,28 +241,45 @@ def _conv_before(modules: dict[str, nn.Module], names: list[str], bn_name: str) 
     return None
 
 
-def _group_scores(model: nn.Module, group: CouplingGroup, criterion: str, rng: np.random.Generator) -> np.ndarray:
-    if criterion == "random":
+def _unit_scores(scores: Mapping[str, Any], layer: str, size: int) -> np.ndarray:
+    """The given per-unit scores of one layer as a float vector of its size (DataError otherwise)."""
+    if layer not in scores:
+        raise DataError(f"no per-unit score for layer {layer!r} (the scores were computed on another model?)")
+    v = np.asarray(scores[layer], dtype=np.float64).reshape(-1)
+    if v.size != size or not np.isfinite(v).all():
+        raise DataError(f"scores for {layer!r} must be {size} finite numbers, got {v.size} values")
+    return v
+
+
+def _group_scores(model: nn.Module, group: CouplingGroup, score: str, rng: np.random.Generator,
+                  scores: Mapping[str, Any] | None = None) -> np.ndarray:
+    if score == "random":
         return rng.random(group.size)
-    if criterion == "l1norm":
+    if score == "l1norm":
         return _producer_l1(model, group)
     modules = dict(model.named_modules())
     acc = np.zeros(group.size)
     count = np.zeros(group.size)
     for member, local, root in group.members:
-        gamma = modules[member].weight.detach().abs().float().cpu().numpy()
+        if scores is not None:
+            gamma = _unit_scores(scores, member, modules[member].num_features)
+        else:
+            gamma = modules[member].weight.detach().abs().float().cpu().numpy()
         for i, r in zip(local, root):
             acc[r] += gamma[i]
             count[r] += 1
     return acc / np.maximum(count, 1)
 
 
-def _head_scores(attn: nn.Module, criterion: str, rng: np.random.Generator) -> np.ndarray:
+def _head_scores(name: str, attn: nn.Module, score: str, rng: np.random.Generator,
+                 scores: Mapping[str, Any] | None = None) -> np.ndarray:
     heads = int(attn.num_heads)
-    if criterion == "random":
+    if score == "random":
         return rng.random(heads)
+    if scores is not None:
+        return _unit_scores(scores, name, heads)
     gate = getattr(attn, "head_gate", None)
-    if criterion == "l1norm" or gate is None:
+    if score == "l1norm" or gate is None:
         # Saved models carry their sparse-trained gates folded into proj's columns (g_h · W_h), so
         # without live gates the column norm is the |γ| proxy.
         w = attn.proj.weight.detach().abs().float()
@@ -295,19 +318,20 @@ def _rounded(n_prune: int, cand: _Candidate) -> int:
     return cand.size - max(cand.min_keep, min(cand.size, keep))
 
 
-def _collect(model, criterion, round_to, max_layer_ratio, example_size, seed) -> list[_Candidate]:
+def _collect(model, score, round_to, max_layer_ratio, example_size, seed, scores=None) -> list[_Candidate]:
     rng = np.random.default_rng(seed)
     cands = []
     for g in coupling_groups(model, example_size):
         if not g.prunable:
             continue
         min_keep, step = _limits(g.size, "filter", round_to, max_layer_ratio)
-        cands.append(_Candidate(g.gid, g.root, "filter", g.size, _group_scores(model, g, criterion, rng), min_keep, step))
+        cands.append(_Candidate(g.gid, g.root, "filter", g.size, _group_scores(model, g, score, rng, scores), min_keep,
+                                step))
     head_ids = head_group_ids(model, example_size)
     for name, attn in attention_modules(model).items():
         if attn.num_heads < 2:
             continue
-        cands.append(_Candidate(head_ids[name], name, "head", int(attn.num_heads), _head_scores(attn, criterion, rng), 1, 1))
+        cands.append(_Candidate(head_ids[name], name, "head", int(attn.num_heads), _head_scores(name, attn, score, rng, scores), 1, 1))
     return cands
 
 
@@ -359,8 +383,10 @@ def check_rate(rate: float) -> float:
 def select(
     model: nn.Module,
     *,
-    criterion: str = "npdg",
-    rate: float = 0.3,
+    score: str = "gamma",
+    scores: Mapping[str, Any] | None = None,
+    label: str | None = None,
+    rate: float = DEFAULT_RATE,
     threshold: float | None = None,
     round_to: int = 8,
     max_layer_ratio: float = 0.9,
@@ -369,20 +395,29 @@ def select(
 ) -> PruningPlan:
     """Choose the units to prune; returns a :class:`PruningPlan` (nothing is modified).
 
-    Raises :class:`ConfigError` for a bad rate/criterion/threshold and :class:`DataError` when the
-    model has no prunable unit or the threshold would prune every candidate. A threshold below every
-    score gives an empty plan whose ``note`` says so.
+    ``score`` says how units are ranked (lowest pruned first, docs/method.md §5): ``gamma`` (|γ|),
+    ``l1norm``, ``random``, or ``scores`` with ``scores`` given — a mapping layer name → per-unit
+    values (e.g. ``SensitivityResult.weights()``, negated to prune the most sensitive units first);
+    such a plan is a *proxy* criterion, not NPDG. ``label`` is the criterion name recorded in the
+    plan (default: ``score``). Threshold mode prunes units scoring below ``threshold``, capped at
+    ``rate`` (a threshold above every score prunes exactly ``rate``, and the note says so). Raises
+    :class:`ConfigError` for bad arguments and :class:`DataError` when the model has no prunable unit.
     """
     rate = check_rate(rate)
-    if criterion not in CRITERIA:
-        raise ConfigError(f"unknown pruning criterion {criterion!r}; valid: {', '.join(CRITERIA)}")
-    if threshold is not None and (not isinstance(threshold, int | float) or threshold <= 0 or isinstance(threshold, bool)):
+    if scores is not None:
+        score = "scores"
+    if score not in SCORES:
+        raise ConfigError(f"unknown selection score (criterion) {score!r}; valid scores: {', '.join(SCORES)}")
+    if score == "scores" and scores is None:
+        raise ConfigError("score 'scores' needs the per-unit scores (scores=...)")
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, int | float)
+                                  or not math.isfinite(threshold) or threshold <= 0):
         raise ConfigError(f"threshold must be a positive number, got {threshold!r}")
-    if not 0 < max_layer_ratio <= 1:
+    if isinstance(max_layer_ratio, bool) or not 0 < max_layer_ratio <= 1:
         raise ConfigError(f"max_layer_ratio must be in (0, 1], got {max_layer_ratio!r}")
-    if round_to < 1:
-        raise ConfigError(f"round_to must be ≥ 1, got {round_to!r}")
-    cands = _collect(model, criterion, round_to, max_layer_ratio, tuple(example_size), seed)
+    if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
+        raise ConfigError(f"round_to must be an integer ≥ 1, got {round_to!r}")
+    cands = _collect(model, score, round_to, max_layer_ratio, tuple(example_size), seed, scores)
     name = f"{getattr(model, 'arch', type(model).__name__)}/{getattr(model, 'encoder', '')}"
     if not cands:
         raise DataError(f"the {name} model has no prunable units (no BN coupling group can be pruned exactly, no multi-head attention)")
@@ -390,10 +425,10 @@ def select(
     if threshold is not None:
         below = sum(int((c.scores < threshold).sum()) for c in cands)
         total = sum(c.size for c in cands)
-        if below == total:
-            raise DataError(f"threshold {threshold} is above the score of every one of the {total} candidate units: it would prune everything; choose a smaller threshold")
         if below == 0:
             note = f"threshold {threshold} prunes nothing: no candidate unit has a score below it (smallest score {min(float(c.scores.min()) for c in cands):.4g})"
+        elif below > rate * total:
+            note = f"threshold {threshold} is above {below} of {total} candidate scores: capped at the rate {rate:g}"
     counts = _choose(cands, rate, threshold)
     groups = []
     for c in cands:
@@ -405,7 +440,7 @@ def select(
         encoder=getattr(model, "encoder", ""),
         num_classes=int(getattr(model, "num_classes", 0)),
         aspp=getattr(spec, "aspp", "smp"),
-        criterion=criterion,
+        criterion=label or score,
         rate=rate,
         threshold=None if threshold is None else float(threshold),
         groups=tuple(groups),
@@ -418,4 +453,4 @@ def select(
     )
 
 
-__all__ = ["CRITERIA", "PLAN_FILENAME", "GroupPlan", "LayerPlan", "PruningPlan", "check_rate", "select"]
+__all__ = ["PLAN_FILENAME", "SCORES", "GroupPlan", "LayerPlan", "PruningPlan", "check_rate", "select"]

@@ -5,7 +5,7 @@ eval mode); a head by zeroing its gate, or — on a model without gates — its 
 ``attn.proj.weight`` (the head's contribution to ``proj``). Masks are parameter *overrides* applied
 with :func:`torch.func.functional_call`, so a model cached and shared by the dashboard is never
 mutated; :class:`SoftMasked` wraps one as a module. Because selection only takes exactly prunable
-coupling groups (see :mod:`npdg.pruning.units`), the soft-masked model computes what the
+coupling groups (see :mod:`npdg.models.units`), the soft-masked model computes what the
 physically pruned one does (tests check it to 1e-4).
 """
 

@@ -15,6 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from npdg.cli.common import progress_bar
 from npdg.errors import ConfigError
 
 DEFAULT_RUNS_ROOT = "runs"
@@ -40,9 +41,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true",
                       help="continue the run in --out from checkpoints/last.pt (model, optimizer, RNG, data position)")
-    mode.add_argument("--overwrite", action="store_true", help="delete an existing run directory first")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
-                   help="where to train (default auto: cuda, then mps, then cpu)")
+    mode.add_argument("--overwrite", action="store_true",
+                      help="replace an existing run folder (only one npdg made and holding only npdg files)")
+    p.add_argument("--device", default="auto",
+                   help="where to train: auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
     p.add_argument("--no-eval", action="store_true", help="skip the final evaluation on the target domains")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
     p.set_defaults(func=run_train)
@@ -59,43 +61,41 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _resolve_config(args: argparse.Namespace):
     from npdg.config import load_config
+    from npdg.recipes.modes import check_config
 
     if args.config is None:
         if not args.resume:
             raise ConfigError("--config is required (or --resume --out RUN_DIR to continue a run with its own config)")
         if args.out is None:
             raise ConfigError("--resume without --config needs --out RUN_DIR")
-        return load_config(args.out / "config.yaml", args.overrides)
-    return load_config(args.config, args.overrides)
+        return check_config(load_config(args.out / "config.yaml", args.overrides))
+    return check_config(load_config(args.config, args.overrides))
 
 
 def run_train(args: argparse.Namespace) -> int:
     """Entry point of ``python -m npdg train``."""
-    from npdg.train import dist_from_env, train
+    from npdg.recipes.train import train
+    from npdg.train import dist_from_env
 
     cfg = _resolve_config(args)
     out = args.out if args.out is not None else Path(DEFAULT_RUNS_ROOT) / args.config.stem
+    args.resume_hint = f"python -m npdg train --out {out} --resume"
     is_main = dist_from_env().is_main
     if is_main:
         h, w = cfg.crop
         print(f"run directory: {out}")
         print(f"mode {cfg.train.mode} | {cfg.model.arch} {cfg.model.encoder} | source {cfg.data.source} | "
               f"{cfg.train.iters} iters, batch {cfg.train.batch_size}, crop {h}x{w}, {cfg.train.optimizer} lr {cfg.train.lr}")
-    bar = None
-    if is_main and not args.no_progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=cfg.train.iters, unit="it", dynamic_ncols=True, file=sys.stderr)
+    bar, update = progress_bar("train", enabled=is_main and not args.no_progress and sys.stderr.isatty(),
+                               total=cfg.train.iters)
 
     def progress(step: int, total: int, metrics: dict) -> None:
-        if bar is None:
+        if bar.disable:
             if is_main and metrics and metrics.get("iter") == step:
                 print(f"iter {step}/{total} loss {metrics['loss']:.4f} lr {metrics['lr']:.2e} "
                       f"{metrics['images_per_s']:.1f} img/s", flush=True)
             return
-        if bar.n == 0 and step > 1:
-            bar.update(step - 1)  # resumed run
-        bar.update(step - bar.n)
+        update(step, total)
         if metrics:
             bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}",
                             img_s=f"{metrics['images_per_s']:.1f}", refresh=False)
@@ -104,8 +104,7 @@ def run_train(args: argparse.Namespace) -> int:
         result = train(cfg, out, resume=args.resume, overwrite=args.overwrite, device=args.device,
                        progress=progress, evaluate_at_end=not args.no_eval, log=print)
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     if is_main:
         print(f"done: {result.iters_done} iterations in {result.seconds:.1f} s, last loss {result.last_loss}")
         if result.final_eval is not None:

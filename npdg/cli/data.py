@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from npdg.data.real import DATASET_CLASSES, EXPECTED_COUNTS
-from npdg.data.transforms import parse_size
+from npdg.config import check_unit_interval, parse_size
 from npdg.errors import ConfigError
 
 _DATASETS_HELP = ", ".join(DATASET_CLASSES)
@@ -56,8 +56,11 @@ def _cmd_preview(args: argparse.Namespace) -> int:
     from npdg.data.export import preview_grid
     from npdg.data.io import write_png
 
-    if not 0.0 <= args.opacity <= 1.0:
-        raise ConfigError(f"--opacity must be in [0, 1], got {args.opacity}")
+    check_unit_interval("--opacity", args.opacity)
+    if args.n < 1:
+        raise ConfigError(f"--n must be at least 1, got {args.n}")
+    if args.out.is_dir():
+        raise ConfigError(f"--out {args.out} is a folder; give the PNG file to write, e.g. {args.out / 'grid.png'}")
     preview = preview_grid(_source(args, preview=True), args.n, opacity=args.opacity)
     out = write_png(args.out, preview.image)
     h, w = preview.image.shape[:2]
@@ -86,6 +89,10 @@ def _cmd_domains(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from npdg.data.export import export_samples
 
+    if args.n < 1:
+        raise ConfigError(f"--n must be at least 1, got {args.n}")
+    if args.out.exists() and not args.out.is_dir():
+        raise ConfigError(f"--out {args.out} is a file; give a folder")
     dataset = _source(args, preview=False)
     out_dir = Path(args.out) / (args.domain or args.dataset) / args.split
     result = export_samples(dataset, out_dir, args.n)

@@ -15,10 +15,10 @@ layers.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from npdg.cli import add_command, add_device_option
+from npdg.cli.common import add_command, add_device_option, progress_bar
+from npdg.config import DEFAULT_LAMBDA, UNARY_MODES, check_unit_interval
 from npdg.errors import ConfigError, DataError
 
 
@@ -30,9 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, metavar="FILE", help="output table: .csv or .parquet")
     p.add_argument("--images", type=int, default=16, metavar="N", help="source images to probe (default 16)")
     p.add_argument("--styles", type=int, default=4, metavar="K", help="DSP styles per image (default 4, >= 2)")
-    p.add_argument("--lambda", dest="lam", type=float, default=0.4, metavar="L",
-                   help="weight of the unary score in the combined weight (default 0.4; 1 = unary only)")
-    p.add_argument("--unary", choices=("share", "raw"), default="share",
+    p.add_argument("--lambda", dest="lam", type=float, default=DEFAULT_LAMBDA, metavar="L",
+                   help=f"weight of the unary score in the combined weight (default {DEFAULT_LAMBDA}; 1 = unary only)")
+    p.add_argument("--unary", choices=UNARY_MODES, default="share",
                    help="unary statistic: share of variance explained by style (default) or raw within-style variance")
     p.add_argument("--batch-size", type=int, default=4, metavar="B", help="source images per forward (× K styles)")
     p.add_argument("--size", metavar="HxW", help="probe image size (default: the run's data.size)")
@@ -49,46 +49,35 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ConfigError(f"--images must be >= 1, got {args.images}")
     if args.styles < 2:
         raise ConfigError(f"--styles must be >= 2 (the probe measures variance over styles), got {args.styles}")
-    if not 0.0 <= args.lam <= 1.0:
-        raise ConfigError(f"--lambda must be in [0, 1], got {args.lam}")
+    check_unit_interval("--lambda", args.lam)
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
     if not (args.run / "config.yaml").is_file():
         raise DataError(f"{args.run} is not a run directory (no config.yaml)")
 
 
 def run_sensitivity(args: argparse.Namespace) -> int:
     """Entry point of ``python -m npdg sensitivity``."""
-    from npdg.config import load_config
-    from npdg.data.transforms import parse_size
+    from npdg.config import load_run_config, parse_size
+    from npdg.data.specs import open_dataset, spread_images
     from npdg.dsp.model import DSP
-    from npdg.models import load_model, select_device
-    from npdg.pruning.sparsity import probe_image_batch
+    from npdg.models import select_device
+    from npdg.pruning.physical import load_model
     from npdg.sensitivity import probe
-    from npdg.train import open_dataset
 
     _check_args(args)
     device = select_device(args.device)
-    cfg = load_config(args.run / "config.yaml")
+    cfg = load_run_config(args.run)
     size = parse_size(args.size) if args.size else cfg.data.size
     model = load_model(args.run, device=device)
     dsp = DSP.load(args.dsp, device=device)
-    dataset = open_dataset(cfg.data.source, cfg.data.train_split, size, cfg.data.length)
-    images = probe_image_batch(dataset, args.images)
-    bar = None
-    if not args.no_progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=-(-len(images) // args.batch_size), unit="batch", file=sys.stderr, dynamic_ncols=True)
-
-    def progress(done: int, total: int) -> None:
-        if bar is not None:
-            bar.update(done - bar.n)
-
+    images = spread_images(open_dataset(cfg.data.source, cfg.data.train_split, size, cfg.data.length), args.images)
+    bar, update = progress_bar("probe", unit="batch", enabled=not args.no_progress)
     try:
         result = probe(model, images, dsp, n_styles=args.styles, lam=args.lam, unary=args.unary,
-                       batch_size=args.batch_size, progress=progress, seed=args.seed)
+                       batch_size=args.batch_size, progress=update, seed=args.seed)
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     result.save(args.out)
     t = result.table
     print(f"probed {len(t)} units in {t['layer'].nunique()} layers ({len(images)} images × {args.styles} styles, "

@@ -29,7 +29,7 @@ def register(subparsers) -> None:
     t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.iters=100 (repeatable)")
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
-    t.add_argument("--overwrite", action="store_true", help="delete an existing OUT first")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing OUT (only a DSP run folder npdg made)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.set_defaults(func=_cmd_train)
 
@@ -55,6 +55,7 @@ def register(subparsers) -> None:
 def _cmd_train(args: argparse.Namespace) -> int:
     from npdg.dsp.train import train_dsp
 
+    args.resume_hint = f"python -m npdg dsp train --out {args.out} --resume"
     if args.config is None and not args.resume:
         raise ConfigError("dsp train needs --config FILE (or --resume to continue OUT with its own config)")
     result = train_dsp(args.config, args.out, args.overrides, resume=args.resume, overwrite=args.overwrite,
@@ -105,7 +106,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     items = _load_inputs(args, size)
     segmentor = None
     if args.ascend_with is not None:
-        from npdg.models import load_model
+        from npdg.pruning.physical import load_model
 
         segmentor = load_model(args.ascend_with).eval()
     gen = torch.Generator().manual_seed(args.seed)

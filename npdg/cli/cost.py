@@ -13,11 +13,10 @@ The JSON holds ``gflops``, ``gmacs_tp`` (torch-pruning's cross-check), ``params`
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from npdg.cli import add_command, add_device_option, add_model_source_options, run_command
-from npdg.data.transforms import parse_size
+from npdg.cli.common import add_command, add_device_option, add_model_source_options, run_command
+from npdg.config import check_pixels, parse_size
 from npdg.errors import ConfigError
 
 
@@ -34,7 +33,7 @@ def _batches(text: str) -> tuple[int, ...]:
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = add_command(subparsers, "cost", "FLOPs, parameters and measured latency of a model", __doc__)
     add_model_source_options(p, run_help="a run directory (DIR/model.safetensors)", checkpoint_first=True)
-    p.add_argument("--size", default="512x1024", metavar="HxW", help="input size (default 512x1024)")
+    p.add_argument("--size", default="512x1024", metavar="HxW", help="input size (default 512x1024; at most 4096x4096 pixels)")
     p.add_argument("--batches", default="1,8", metavar="B,B", help="batch sizes to time (default 1,8; empty: no timing)")
     p.add_argument("--warmup", type=int, default=3, metavar="N", help="untimed warm-up forwards (default 3)")
     p.add_argument("--repeats", type=int, default=10, metavar="N", help="timed forwards, median reported (default 10)")
@@ -44,20 +43,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_cost(args: argparse.Namespace) -> int:
-    from npdg.cost import cost_report
-    from npdg.models import load_model, select_device
-    from npdg.models.weights import resolve_model_path
+    import torch
 
+    from npdg.cost import cost_report
+    from npdg.models import select_device
+    from npdg.models.store import resolve_model_path
+    from npdg.pruning.physical import load_model
+    from npdg.runs import atomic_write_json
+
+    size = check_pixels("--size", parse_size(args.size))
+    if args.warmup < 0 or args.repeats < 1:
+        raise ConfigError(f"--warmup must be >= 0 and --repeats >= 1, got {args.warmup}, {args.repeats}")
     path = resolve_model_path(args.checkpoint or args.run)
-    size = parse_size(args.size)
     model = load_model(path, device=select_device(args.device))
-    report = cost_report(model, size, batches=_batches(args.batches), warmup=args.warmup, repeats=args.repeats, checkpoint=path)
+    try:
+        report = cost_report(model, size, batches=_batches(args.batches), warmup=args.warmup, repeats=args.repeats,
+                             checkpoint=path)
+    except (torch.OutOfMemoryError, MemoryError):
+        raise ConfigError(f"out of memory measuring {size[0]}x{size[1]}: lower --size or --batches") from None
     lat = ", ".join(f"{k} {v:.1f} ms" for k, v in report.latency_ms.items()) or "not timed"
     print(f"{path}: {report.gflops:.3f} GFLOPs ({report.gmacs_tp:.3f} GMACs by torch-pruning), "
           f"{report.params / 1e6:.3f} M params, {report.checkpoint_bytes / 1e6:.2f} MB at {size[0]}x{size[1]} on {report.device}; {lat}")
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report.to_dict(), indent=2))
+        atomic_write_json(report.to_dict(), args.json)
         print(f"wrote {args.json}")
     return 0
 

@@ -16,8 +16,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from npdg.cli import add_command, add_device_option, run_command
-from npdg.data.transforms import parse_size
+from npdg.cli.common import add_command, add_device_option, progress_bar, run_command
+from npdg.config import DEFAULT_RATE, PruneConfig, parse_size
+from npdg.recipes.modes import cli_criteria
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -25,10 +26,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--run", type=Path, required=True, metavar="DIR", help="the trained run directory to prune")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="the new run directory")
     how = p.add_mutually_exclusive_group()
-    how.add_argument("--rate", type=float, metavar="R", help="prune this fraction of the units (default 0.3)")
-    how.add_argument("--threshold", type=float, metavar="T", help="prune units with score < T (capped at --max-rate)")
-    p.add_argument("--max-rate", type=float, default=0.3, metavar="R", help="cap of threshold mode (default 0.3)")
-    p.add_argument("--criterion", default="npdg", choices=["npdg", "npdg_unary", "npdg_binary", "slimming", "l1norm", "random"])
+    how.add_argument("--rate", type=float, metavar="R", help=f"prune this fraction of the units (default {DEFAULT_RATE})")
+    how.add_argument("--threshold", type=float, metavar="T",
+                     help="prune units with score < T, capped at --max-rate (a larger T prunes exactly --max-rate)")
+    p.add_argument("--max-rate", type=float, default=DEFAULT_RATE, metavar="R",
+                   help=f"cap of threshold mode (default {DEFAULT_RATE})")
+    p.add_argument("--criterion", default="npdg", choices=cli_criteria(), help="pruning criterion (npdg.recipes.modes)")
     p.add_argument("--sparse-iters", type=int, default=0, metavar="N",
                    help="sparse-training iterations for npdg/slimming (0: use γ as they are)")
     p.add_argument("--finetune-iters", type=int, default=0, metavar="N", help="fine-tuning iterations after pruning")
@@ -41,23 +44,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--cost-repeats", type=int, default=5, metavar="N", help="timed forwards per latency (median)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random criterion")
     add_device_option(p)
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out folder (only one npdg made, never one holding the source run)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_prune)
 
 
-def run_prune(args: argparse.Namespace) -> int:
-    from npdg.pruning.pipeline import prune_run
-
+def prune_config(args: argparse.Namespace) -> PruneConfig:
+    """The ``prune`` config section the flags describe (ranges are checked by the pipeline)."""
     threshold = args.threshold
-    rate = args.max_rate if threshold is not None else (0.3 if args.rate is None else args.rate)
-    dsp = None if str(args.dsp).lower() == "none" else args.dsp
-    result = prune_run(
-        args.run, args.out, criterion=args.criterion, rate=rate, threshold=threshold,
-        sparse_iters=args.sparse_iters, finetune_iters=args.finetune_iters, dsp_dir=dsp,
-        lambda_s=args.lambda_s, lr=args.lr, round_to=args.round_to, max_layer_ratio=args.max_layer_ratio,
-        cost_size=parse_size(args.cost_size), cost_repeats=args.cost_repeats, device=args.device,
-        overwrite=args.overwrite, seed=args.seed,
+    rate = args.max_rate if threshold is not None else (DEFAULT_RATE if args.rate is None else args.rate)
+    dsp = None if str(args.dsp).lower() == "none" else str(args.dsp)
+    return PruneConfig(
+        criterion=args.criterion, rate=rate, threshold=threshold, sparse_iters=args.sparse_iters,
+        finetune_iters=args.finetune_iters, lambda_s=args.lambda_s, lr=args.lr, round_to=args.round_to,
+        max_layer_ratio=args.max_layer_ratio, cost_size=parse_size(args.cost_size), cost_repeats=args.cost_repeats,
+        seed=args.seed, dsp=dsp,
     )
+
+
+def run_prune(args: argparse.Namespace) -> int:
+    from npdg.recipes.prune import prune_run
+
+    bar, update = progress_bar("prune", enabled=not args.no_progress)
+    try:
+        result = prune_run(args.run, args.out, prune_config(args), device=args.device, overwrite=args.overwrite,
+                           progress=lambda step, total, metrics=None: update(step, total))
+    finally:
+        bar.close()
     r = result.cost["ratio"]
     print(f"done: {result.out_dir} (GFLOPs ×{r['gflops']:.3f}, params ×{r['params']:.3f})")
     return 0

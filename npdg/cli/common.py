@@ -1,0 +1,90 @@
+"""Helpers shared by the command modules: parser pieces, the one progress bar, and dispatch.
+
+A user error (:class:`npdg.errors.NpdgError`) prints one ``error: ...`` line and exits 2; Ctrl-C
+prints ``interrupted`` (with how to resume, where the command can) and exits 130; neither shows a
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from tqdm import tqdm
+
+from npdg.errors import NpdgError
+
+#: ``--device`` help of the commands whose default is ``auto``.
+DEVICE_HELP = "auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps"
+
+
+def add_command(subparsers: argparse._SubParsersAction, name: str, help: str, doc: str) -> argparse.ArgumentParser:
+    """Add sub-command ``name``; its description is the first paragraph of ``doc`` (the module docstring)."""
+    return subparsers.add_parser(
+        name,
+        help=help,
+        description=doc.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def add_device_option(parser: argparse.ArgumentParser, default: str = "auto", help: str = DEVICE_HELP) -> None:
+    """``--device`` (resolved later by ``npdg.models.select_device``)."""
+    parser.add_argument("--device", default=default, help=help)
+
+
+def add_model_source_options(
+    parser: argparse.ArgumentParser,
+    run_help: str,
+    checkpoint_help: str = "an npdg model file (.safetensors)",
+    checkpoint_first: bool = False,
+) -> None:
+    """The required, mutually exclusive ``--run DIR`` / ``--checkpoint FILE`` model source."""
+    which = parser.add_mutually_exclusive_group(required=True)
+    options = [
+        ("--run", dict(type=Path, metavar="DIR", help=run_help)),
+        ("--checkpoint", dict(type=Path, metavar="FILE", help=checkpoint_help)),
+    ]
+    for flag, kwargs in reversed(options) if checkpoint_first else options:
+        which.add_argument(flag, **kwargs)
+
+
+def progress_bar(desc: str, unit: str = "it", enabled: bool = True, total: int = 0,
+                 initial: int = 0) -> tuple[tqdm, Callable[[int, int], None]]:
+    """THE progress bar of the CLI: a tqdm bar on stderr and its ``progress(done, total)`` callback.
+
+    Off with ``--no-progress`` or when stderr is not a terminal (so logs of scripted runs hold
+    results, not carriage-return bars).
+    """
+    bar = tqdm(total=total, initial=initial, unit=unit, desc=desc, dynamic_ncols=True, leave=False, file=sys.stderr,
+               disable=None if enabled else True)
+
+    def update(done: int, total: int) -> None:
+        if bar.total != total:
+            bar.total = total
+            bar.refresh()
+        bar.update(done - bar.n)
+
+    return bar, update
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    """Call the parsed command; a user error (NpdgError) prints one line and gives exit code 2."""
+    try:
+        return int(args.func(args) or 0)
+    except NpdgError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        hint = getattr(args, "resume_hint", None)
+        print("interrupted" + (f"; resume with {hint}" if hint else ""), file=sys.stderr)
+        return 130
+
+
+def run_command(register, name: str, argv: list[str] | None = None) -> int:
+    """Parse and run just the sub-command ``name`` that ``register`` adds (tests, standalone use)."""
+    parser = argparse.ArgumentParser(prog="python -m npdg")
+    register(parser.add_subparsers(dest="command", required=True))
+    return dispatch(parser.parse_args([name, *(argv or [])]))
