@@ -7,7 +7,7 @@ STAMP   := $(VENV)/.deps-stamp
 PORT    ?= 8501
 PYTEST_ARGS ?=
 
-.PHONY: setup app test bench clean-venv
+.PHONY: setup app test lint bench clean-venv
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -21,8 +21,12 @@ setup: $(STAMP)
 app: $(STAMP)
 	$(BIN)/python -m streamlit run app/main.py --server.port $(PORT)
 
+# Lint first (ruff; the import-linter layer contract runs inside the suite, tests/test_architecture.py).
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
 # pytest exits 5 when it collects no test: that is a broken suite here, reported as such.
-test: $(STAMP)
+test: $(STAMP) lint
 	@$(BIN)/python -m pytest -q $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: the suite is broken"; exit 1; fi; exit $$rc
 

@@ -134,7 +134,7 @@ def colour_shift(src: torch.Tensor, styled: torch.Tensor) -> torch.Tensor:
 
 def ascent_report(dsp: DSP, src: torch.Tensor, labels: torch.Tensor, dom: torch.Tensor, args) -> None:
     """‖ε‖, segmentor CE, edge correlation and colour shift after cumulative ascent steps (one style per image)."""
-    from npdg.models import load_model
+    from npdg.pruning.physical import load_model
 
     seg = load_model(args.ascend_with, device=dsp.device).eval()
     targets = sorted({0, *(int(s) for s in args.ascent_steps.split(","))})

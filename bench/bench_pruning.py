@@ -46,7 +46,7 @@ def main() -> None:
             if isinstance(m, nn.BatchNorm2d):
                 m.weight.uniform_(0, 1)
     t0 = time.perf_counter()
-    plan = select(model, criterion="npdg", rate=args.rate)
+    plan = select(model, score="gamma", label="npdg", rate=args.rate)
     pruned = prune_model(model, plan).eval()
     print(f"select+prune: {time.perf_counter() - t0:.1f} s; pruned {plan.num_pruned['filter']}/{plan.candidates['filter']} group channels")
     before = cost_report(model, size, batches=batches, repeats=args.repeats)

@@ -11,6 +11,7 @@ the machine, the command and the raw figures: steps, seconds, images/s, peak mem
 from __future__ import annotations
 
 import argparse
+import contextlib
 import platform
 import resource
 import statistics
@@ -95,10 +96,8 @@ def main() -> None:
     cfg = load_config(args.config, args.set)
     device = select_device(args.device)
     cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    with contextlib.suppress(OSError, StopIteration), open("/proc/cpuinfo") as fh:
+        cpu = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "none"
     print(f"machine: {platform.platform()}; cpu {cpu}; threads {torch.get_num_threads()}; gpu {gpu}; torch {torch.__version__}")
     print("command:", " ".join(sys.argv))

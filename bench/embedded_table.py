@@ -30,9 +30,10 @@ from pathlib import Path
 import numpy as np
 
 from npdg.data.synthetic import DOMAINS, domain_names
+from npdg.recipes.modes import CRITERIA, MODES
 
 PY = [sys.executable, "-m", "npdg"]
-SPARSE = ("npdg", "npdg_unary", "npdg_binary", "slimming")
+SPARSE = tuple(c.name for c in CRITERIA.values() if c.sparse_mode)
 
 
 def run(cmd: list[str]) -> None:
@@ -45,7 +46,7 @@ def run(cmd: list[str]) -> None:
 def train_row(mode: str, seed: int, args, out: Path) -> None:
     cmd = PY + ["train", "--config", args.config, "--out", str(out), "--no-progress",
                 "--set", f"train.mode={mode}", "--set", f"train.seed={seed}"]
-    if mode.startswith(("dsp", "npdg")):
+    if MODES[mode].needs_dsp:  # dsp, dsp_random, npdg*: not erm, photometric or slimming
         cmd += ["--set", f"dsp.path={args.dsp}"]
     for kv in args.set:
         cmd += ["--set", kv]

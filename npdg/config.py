@@ -471,6 +471,8 @@ def tree_to_yaml(cfg: Any) -> str:
 def _check_field(key: str, value: Any, meta: Any) -> None:
     if value is None:
         return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key} must be a finite number, got {value}")
     if "choices" in meta and value not in meta["choices"]:
         raise ConfigError(f"{key} {value!r} is unknown; valid: {', '.join(meta['choices'])}")
     if "range" not in meta:

@@ -1,4 +1,4 @@
-"""Inference cost of a model: FLOPs, parameters, checkpoint size and measured latency (METHOD §5).
+"""Inference cost of a model: FLOPs, parameters, checkpoint size and measured latency (docs/method.md §5).
 
 * FLOPs come from :class:`torch.utils.flop_counter.FlopCounterMode` (counts every matmul/conv of
   one forward, 2 FLOPs per multiply-add); torch-pruning's ``count_ops_and_params`` (MACs of

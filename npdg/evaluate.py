@@ -1,6 +1,6 @@
 """Evaluation: confusion matrices, whole/sliding-window inference, protocol presets, mIoU reports.
 
-Scores follow METHOD.md §6 and the official Cityscapes evaluator: one confusion matrix per dataset
+Scores follow docs/method.md §6 and the official Cityscapes evaluator: one confusion matrix per dataset
 (never a mean of per-image scores), 19 train classes, label 255 ignored, IoU per class, and mIoU =
 mean over the classes whose union of ground truth and prediction is non-empty (a class absent from
 both is left out, as cityscapesscripts and mmseg do; its IoU is reported as ``null``).

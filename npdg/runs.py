@@ -18,14 +18,16 @@ a checkpoint is opened.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import shutil
 import tempfile
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -82,7 +84,7 @@ MARKER_FILE = ".npdg-run"
 #: Files and folders npdg writes inside a run folder (glob patterns relative to the root). A marked
 #: folder holding anything else is never deleted by ``--overwrite``: the foreign files are listed.
 OWN_PATTERNS: tuple[str, ...] = (
-    MARKER_FILE, CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE, "pruning_plan.json", "cost.json", "prune.json",
+    MARKER_FILE, CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE, "pruning_plan.json", "cost*.json", "prune.json",
     "dsp.safetensors", "dsp.json", f"{CHECKPOINT_DIR}/*.pt", f"{EVAL_DIR}/*.json", "sensitivity/*",
     "samples/*.png", ".*.tmp", "*/.*.tmp",
 )
@@ -230,10 +232,8 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], binary: bool = 
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException as exc:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
         if isinstance(exc, OSError):
             hint = "free some disk space" if exc.errno == 28 else "check permissions and free space"
             raise StorageError(exc.errno, f"cannot write {path}: {exc.strerror or exc}; {hint}") from None
@@ -274,6 +274,42 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     return Path(path)
 
 
+PICKLE_REFUSED = (
+    "this file contains pickled Python objects, which npdg never loads (they can run code); convert it to "
+    "tensors only — torch.save(model.state_dict(), PATH) in the program that made it, or "
+    "safetensors.torch.save_file(state_dict, PATH.safetensors)"
+)
+
+
+class PickleRefused(NpdgError):
+    """A torch file carried pickled Python objects (not only tensors) and was not loaded."""
+
+
+def torch_load(path: str | Path, map_location: str | torch.device = "cpu", what: str = "file") -> Any:
+    """``torch.load(path, weights_only=True)`` with one clear NpdgError for every failure.
+
+    A pickle that carries Python objects raises :class:`PickleRefused` ("refused to load PATH: this
+    file contains pickled Python objects ...", never torch's boilerplate or "Unsupported operand
+    149"); anything else unreadable says it is not a valid PyTorch file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise NpdgError(f"{what} not found: {path}")
+    try:
+        with warnings.catch_warnings():  # torch warns about pickle protocols before refusing them
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        with open(path, "rb") as fh:
+            head = fh.read(2)
+        low = str(exc).lower()
+        # a raw pickle stream (protocol 2+), or a torch zip file whose pickle names blocked globals
+        if head[:1] == b"\x80" or (head == b"PK" and ("unsupported global" in low or "unsupported operand" in low)):
+            raise PickleRefused(f"refused to load {path}: {PICKLE_REFUSED}") from None
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise NpdgError(f"cannot read {what} {path}: not a valid PyTorch file ({first})") from None
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
                     required: dict[str, type | tuple[type, ...]] | None = None) -> dict[str, Any]:
     """Load a checkpoint with ``weights_only=True`` and check its format before any field is read.
@@ -283,12 +319,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
     NpdgError instead of a KeyError later.
     """
     path = Path(path)
-    if not path.is_file():
-        raise NpdgError(f"checkpoint not found: {path}")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any failure means the file is not a usable checkpoint
-        raise NpdgError(f"cannot read checkpoint {path}: {unpickling_message(str(exc))}") from None
+        ckpt = torch_load(path, map_location, what="checkpoint")
+    except PickleRefused:
+        raise NpdgError(f"cannot read checkpoint {path}: refused: {PICKLE_REFUSED}") from None
     if not isinstance(ckpt, dict):
         raise NpdgError(f"{path} is not an npdg checkpoint (it holds a {type(ckpt).__name__}, not a dict)")
     for key, types_ in (required or {}).items():
@@ -298,15 +332,6 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
         if not isinstance(value, types_) or (isinstance(value, bool) and types_ is int):
             raise NpdgError(f"{path} is not a valid npdg checkpoint: '{key}' is a {type(value).__name__}")
     return ckpt
-
-
-def unpickling_message(detail: str) -> str:
-    """A plain sentence for torch's weights-only refusal (instead of its long boilerplate)."""
-    low = detail.lower()
-    if any(s in low for s in ("weights only load failed", "unsupported operand", "unsupported global", "weights_only")):
-        return ("refused: this file contains pickled Python objects, which npdg never loads; convert it to "
-                "tensors only (torch.save(model.state_dict()) or safetensors.torch.save_file)")
-    return detail.splitlines()[0] if detail else "unreadable"
 
 
 def append_metrics(run: RunDir, record: dict[str, Any]) -> None:

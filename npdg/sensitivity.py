@@ -308,7 +308,7 @@ class SensitivityResult:
                     table = pd.read_csv(f)
             if meta is None and sidecar(path).is_file():
                 meta = json.loads(sidecar(path).read_text())
-        except Exception as exc:  # noqa: BLE001 - corrupt / foreign file
+        except Exception as exc:
             raise DataError(f"cannot read sensitivity table {path}: {exc}") from None
         if not isinstance(meta, dict):
             raise DataError(f"{path} is not an npdg sensitivity table (no metadata: {sidecar(path).name} is missing)")

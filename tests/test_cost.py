@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from npdg.cost import compare, cost_report, count_flops, count_macs_tp, measure_latency
 from npdg.cli.cost import main as cost_main
+from npdg.cost import compare, cost_report, count_flops, count_macs_tp, measure_latency
 from npdg.errors import ConfigError
 from npdg.models import build_model, save_model
 from npdg.pruning.physical import prune_model

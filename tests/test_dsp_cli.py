@@ -157,7 +157,7 @@ def test_sample_files_from_image_modes_with_ascent(trained, tmp_path, monkeypatc
     rgba = tmp_path / "a.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (20, 30, 4), dtype=np.uint8), "RGBA").save(rgba)
     grey16 = tmp_path / "b.png"
-    Image.fromarray((np.arange(20 * 30, dtype=np.uint16).reshape(20, 30) * 100)).save(grey16)
+    Image.fromarray(np.arange(20 * 30, dtype=np.uint16).reshape(20, 30) * 100).save(grey16)
     folder = tmp_path / "out"
     rc = main(["dsp", "sample", "--dsp", str(trained), "--image", str(rgba), str(grey16), "--n-styles", "2",
                "--ascend-with", str(tmp_path / "run"), "--steps", "2", "--out", str(folder)])

@@ -5,10 +5,10 @@ import json
 import torch
 from torch import nn
 
+from npdg.cli.prune import main as prune_main
 from npdg.config import Config, apply_overrides, dump_config
 from npdg.models import build_model, save_model
 from npdg.pruning.physical import load_model
-from npdg.cli.prune import main as prune_main
 from npdg.pruning.selection import PruningPlan
 
 
@@ -67,7 +67,7 @@ def test_npdg_without_sparse_training_warns_and_threshold_edge_cases(tmp_path, c
 
 def test_npdg_with_sparse_training_and_dsp_finetune(tmp_path, capsys):
     """The full pipeline: sparse npdg training (probe refreshes, DSP batches) → prune → DSP fine-tune."""
-    from test_sensitivity import tiny_dsp
+    from conftest import tiny_dsp
 
     dsp = tiny_dsp().save(tmp_path / "dsp")
     run, _ = _run_dir(tmp_path)

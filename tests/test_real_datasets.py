@@ -26,7 +26,7 @@ from npdg.data.real import DATASET_CLASSES, EXPECTED_COUNTS, RealSegDataset, ope
 from npdg.data.transforms import RandomCrop, Resize
 from npdg.errors import ConfigError, DataError
 
-# Expected tables written out from DESIGN.md §3 (independent of the loader's own tables).
+# Expected tables written out from docs/architecture.md §4 (independent of the loader's own tables).
 CITYSCAPES_TRAIN = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11,
                     25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
 SYNTHIA_TRAIN = {3: 0, 4: 1, 2: 2, 21: 3, 5: 4, 7: 5, 15: 6, 9: 7, 6: 8, 16: 9, 1: 10, 10: 11, 17: 12,

@@ -3,30 +3,20 @@
 import numpy as np
 import pytest
 import torch
+from conftest import randomize_gamma
 from torch import nn
 
 from npdg.errors import ConfigError, DataError
 from npdg.models import build_model
 from npdg.models.gates import add_head_gates
-from npdg.pruning.selection import PruningPlan, select
 from npdg.models.units import coupling_groups
-
-
-def _randomize(model, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.copy_(torch.rand(m.num_features, generator=gen))
-            if hasattr(m, "head_gate"):
-                m.head_gate.copy_(torch.rand(m.head_gate.numel(), generator=gen))
-    return model
+from npdg.pruning.selection import PruningPlan, select
 
 
 @pytest.fixture(scope="module")
 def r18():
     torch.manual_seed(0)
-    return _randomize(build_model("deeplabv3plus", "resnet18", 4).eval())
+    return randomize_gamma(build_model("deeplabv3plus", "resnet18", 4).eval())
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +24,7 @@ def b0():
     torch.manual_seed(0)
     m = build_model("segformer", "mit_b0", 4).eval()
     add_head_gates(m)
-    return _randomize(m, 1)
+    return randomize_gamma(m, 1)
 
 
 def test_rate_mode_constraints(r18):

@@ -8,11 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import tiny_dsp
 from torch import nn
 
-from npdg.dsp.adain import build_decoder, build_encoder
-from npdg.dsp.dvae import LatentDecoder
-from npdg.dsp.model import DSP, DSPSpec
 from npdg.errors import ConfigError, DataError
 from npdg.models import build_model
 from npdg.models.units import UnitLayer
@@ -132,13 +130,6 @@ def test_layer_stats_merge_is_order_free():
 
 def _hook_count(model: nn.Module) -> int:
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
-
-
-def tiny_dsp(seed: int = 0) -> DSP:
-    torch.manual_seed(seed)
-    enc = build_encoder("tiny", (4, 8, 8))
-    spec = DSPSpec(encoder="tiny", channels=(4, 8, 8), latent_dim=6, hidden=16, image_size=(32, 32))
-    return DSP(enc, build_decoder(enc), LatentDecoder(enc.channels, 6, 16), spec).freeze()
 
 
 def test_dsp_probe_on_deeplab_no_hook_leak_mode_restored():

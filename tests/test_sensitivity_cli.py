@@ -15,7 +15,7 @@ from npdg.sensitivity import TABLE_COLUMNS, SensitivityResult
 
 @pytest.fixture(scope="module")
 def run_and_dsp(tmp_path_factory) -> tuple[Path, Path]:
-    from test_sensitivity import tiny_dsp
+    from conftest import tiny_dsp
 
     root = tmp_path_factory.mktemp("sens_cli")
     torch.manual_seed(0)

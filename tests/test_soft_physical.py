@@ -4,30 +4,14 @@ import copy
 
 import pytest
 import torch
-from torch import nn
+from conftest import randomize_gamma
 
 from npdg.errors import ConfigError
 from npdg.models import build_model, save_model
-from npdg.pruning.physical import load_model
 from npdg.models.gates import add_head_gates
-from npdg.pruning.physical import count_params, prune_model
+from npdg.pruning.physical import count_params, load_model, prune_model
 from npdg.pruning.selection import select
 from npdg.pruning.soft import SoftMasked, apply_masks_, restore_, soft_forward
-
-
-def _randomize(model, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.copy_(torch.rand(m.num_features, generator=gen))
-                m.bias.copy_(torch.rand(m.num_features, generator=gen) * 0.4 - 0.2)
-                m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
-                m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-            if hasattr(m, "head_gate"):
-                m.head_gate.copy_(torch.rand(m.head_gate.numel(), generator=gen))
-    return model
-
 
 CASES = [("deeplabv3plus", "resnet18", False), ("segformer", "mit_b0", True)]
 
@@ -38,7 +22,7 @@ def test_physical_equals_soft_and_replays(arch, encoder, gates, tmp_path):
     model = build_model(arch, encoder, 5).eval()
     if gates:
         add_head_gates(model)
-    _randomize(model)
+    randomize_gamma(model, stats=True)
     plan = select(model, rate=0.3)
     assert plan.num_pruned["filter"] > 0 and (plan.num_pruned["head"] > 0) == gates
     x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
@@ -66,7 +50,7 @@ def test_physical_equals_soft_and_replays(arch, encoder, gates, tmp_path):
 
 def test_in_place_masks_are_reversible():
     torch.manual_seed(0)
-    model = _randomize(build_model("deeplabv3plus", "resnet18", 3).eval())
+    model = randomize_gamma(build_model("deeplabv3plus", "resnet18", 3).eval())
     plan = select(model, rate=0.3)
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
@@ -79,6 +63,6 @@ def test_in_place_masks_are_reversible():
 
 def test_plan_for_other_arch_is_refused():
     r18 = build_model("deeplabv3plus", "resnet18", 3)
-    plan = select(_randomize(r18), rate=0.3)
+    plan = select(randomize_gamma(r18), rate=0.3)
     with pytest.raises(ConfigError, match="resnet50"):
         prune_model(build_model("deeplabv3plus", "resnet50", 3), plan)

@@ -10,8 +10,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from npdg.config import Config, apply_overrides, dump_config
-from npdg.errors import ConfigError, DataError
 from npdg.data.specs import spread_images as probe_image_batch
+from npdg.errors import ConfigError, DataError
 from npdg.models import build_model, save_model
 from npdg.models.gates import without_gates
 from npdg.models.units import UnitLayer
@@ -137,7 +137,7 @@ def _cfg(tmp: Path, mode: str, *extra: str) -> Config:
 
 @pytest.fixture(scope="module")
 def dsp_dir(tmp_path_factory) -> Path:
-    from test_sensitivity import tiny_dsp
+    from conftest import tiny_dsp
 
     return tiny_dsp().save(tmp_path_factory.mktemp("dsp") / "dsp")
 

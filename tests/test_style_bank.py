@@ -63,7 +63,7 @@ def test_dataset_contract():
     s = ds[4]
     assert set(s) == {"image", "index", "name"}
     assert s["image"].dtype == torch.float32 and s["image"].shape == (3, *SIZE)
-    assert 0.0 <= float(s["image"].min()) and float(s["image"].max()) <= 1.0
+    assert float(s["image"].min()) >= 0.0 and float(s["image"].max()) <= 1.0
     assert s["index"] == 4 and s["name"] == "style_1_000004"
     assert torch.equal(s["image"], torch.from_numpy(style_image(4, SIZE, 1)).permute(2, 0, 1).float() / 255.0)
     with pytest.raises(IndexError):

@@ -243,7 +243,7 @@ def test_dataset_sample_contract():
     s = ds[2]
     assert tuple(s) == SAMPLE_KEYS
     assert s["image"].dtype == torch.float32 and s["image"].shape == (3, *SMALL)
-    assert 0.0 <= float(s["image"].min()) and float(s["image"].max()) <= 1.0 and float(s["image"].std()) > 0.02
+    assert float(s["image"].min()) >= 0.0 and float(s["image"].max()) <= 1.0 and float(s["image"].std()) > 0.02
     assert s["label"].dtype == torch.int64 and s["label"].shape == SMALL
     assert int(s["label"].max()) < NUM_CLASSES and int(s["label"].min()) >= 0
     assert (s["domain"], s["split"], s["index"], s["name"]) == ("rain", "val", 2, "rain_val_000002")

@@ -12,8 +12,8 @@ import argparse
 import json
 from pathlib import Path
 
-from npdg.data.real import DATASET_CLASSES, EXPECTED_COUNTS
 from npdg.config import check_unit_interval, parse_size
+from npdg.data.real import DATASET_CLASSES, EXPECTED_COUNTS
 from npdg.errors import ConfigError
 
 _DATASETS_HELP = ", ".join(DATASET_CLASSES)

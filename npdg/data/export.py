@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,8 +25,8 @@ from npdg.data.io import write_png
 from npdg.data.real import open_real
 from npdg.data.transforms import Resize, ResizeHeight
 from npdg.errors import ConfigError, DataError
-from npdg.runs import atomic_write_text
 from npdg.labels import IGNORE, NUM_CLASSES, train_ids_to_ids
+from npdg.runs import atomic_write_text
 from npdg.viz import grid, legend, overlay, stack_below, to_uint8_image
 
 #: Real images are shown at this height in previews when no ``size`` is given (keeps grids small).

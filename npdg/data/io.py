@@ -15,8 +15,6 @@ names the file, so no loader ever trains on a silently wrong picture or label.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -1,7 +1,7 @@
 """Loaders for the real DG-segmentation benchmarks: GTA5, SYNTHIA, Cityscapes, BDD100K, Mapillary.
 
 Each dataset is a :class:`RealSegDataset` subclass that declares its on-disk *layouts* (folder
-templates and file-name suffixes, DESIGN.md §3) and how its label files decode to Cityscapes train
+templates and file-name suffixes, docs/architecture.md §4) and how its label files decode to Cityscapes train
 ids. The base class finds image/label pairs, validates them and yields the sample dict of
 :mod:`npdg.data`. Everything that can be wrong with a download — a wrong folder, an image without a
 label, a label id outside the dataset's range, an image/label size mismatch — raises
@@ -30,7 +30,7 @@ from npdg.labels import ID_TO_TRAINID, IGNORE, NUM_CLASSES
 SPLITS: tuple[str, ...] = ("train", "val")
 SIZE_MISMATCH_MODES: tuple[str, ...] = ("resize", "error", "skip")
 
-#: Official number of image/label pairs per split (DESIGN.md §3); the doctor compares against them.
+#: Official number of image/label pairs per split (docs/architecture.md §4); the doctor compares against them.
 EXPECTED_COUNTS: dict[str, dict[str, int]] = {
     "gta5": {"train": 24966},
     "synthia": {"train": 9400},
@@ -56,7 +56,7 @@ def _valid(values: Iterable[int], size: int = 256) -> np.ndarray:
     return ok
 
 
-#: SYNTHIA class id → train id (DESIGN.md §3); every other id → 255.
+#: SYNTHIA class id → train id (docs/architecture.md §4); every other id → 255.
 SYNTHIA_TO_TRAINID: dict[int, int] = {
     3: 0, 4: 1, 2: 2, 21: 3, 5: 4, 7: 5, 15: 6, 9: 7, 6: 8, 16: 9,
     1: 10, 10: 11, 17: 12, 8: 13, 18: 14, 19: 15, 20: 16, 12: 17, 11: 18,
@@ -64,7 +64,7 @@ SYNTHIA_TO_TRAINID: dict[int, int] = {
 #: SYNTHIA-RAND-CITYSCAPES class ids are 0 (void) … 22 (lane marking).
 SYNTHIA_MAX_ID = 22
 
-#: Mapillary Vistas v1.2 id (0–65) → train id, SHADE's 66→19 table (DESIGN.md §3).
+#: Mapillary Vistas v1.2 id (0–65) → train id, SHADE's 66→19 table (docs/architecture.md §4).
 MAPILLARY_TO_TRAINID: dict[int, int] = {
     13: 0, 24: 0, 41: 0, 2: 1, 15: 1, 17: 2, 6: 3, 3: 4, 45: 5, 47: 5, 48: 6, 50: 7, 30: 8,
     29: 9, 27: 10, 19: 11, 20: 12, 21: 12, 22: 12, 55: 13, 61: 14, 54: 15, 58: 16, 57: 17, 52: 18,
@@ -486,6 +486,6 @@ def open_real(
     size_mismatch: str = "resize",
     seed: int | None = None,
 ) -> RealSegDataset:
-    """Open split ``split`` of real dataset ``name`` stored under ``root`` (see DESIGN.md §3)."""
+    """Open split ``split`` of real dataset ``name`` stored under ``root`` (see docs/architecture.md §4)."""
     return dataset_class(name)(root, split=split, transform=transform, split_file=split_file,
                                size_mismatch=size_mismatch, seed=seed)

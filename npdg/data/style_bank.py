@@ -1,4 +1,4 @@
-"""Procedural style images for DSP on the embedded default (METHOD.md §1, "Style bank").
+"""Procedural style images for DSP on the embedded default (docs/method.md §1, "Style bank").
 
 RAIN trains its style autoencoder on a folder of paintings; the embedded default has none, so this
 module draws abstract style images instead: random palettes, linear and radial gradients, fractal

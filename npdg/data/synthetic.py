@@ -1,4 +1,4 @@
-"""The embedded default: synthetic multi-domain street scenes (DESIGN.md §2).
+"""The embedded default: synthetic multi-domain street scenes (docs/architecture.md §3).
 
 *Content* (layout, labels) comes from :mod:`npdg.data.scene` and depends only on
 ``(split, index, layout)``; *domains* differ only in *appearance*: a palette per class with

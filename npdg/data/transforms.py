@@ -7,7 +7,6 @@ A transform is any callable ``(image uint8 [H,W,3], label uint8 [H,W], rng) -> (
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -16,7 +15,6 @@ import numpy as np
 import torch
 
 from npdg.config import parse_size  # noqa: F401 - re-exported: sizes are parsed in one place
-from npdg.errors import ConfigError
 from npdg.labels import IGNORE
 
 

@@ -1,4 +1,4 @@
-"""DSP — Differentiable Style Perturbation (METHOD.md §1).
+"""DSP — Differentiable Style Perturbation (docs/method.md §1).
 
 * :mod:`npdg.dsp.adain` — style statistics, AdaIN, the frozen style encoders (``vgg19``, ``tiny``)
   and the mirrored decoder;

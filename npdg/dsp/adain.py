@@ -22,7 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from npdg.errors import ConfigError, DataError
+from npdg.errors import ConfigError, DataError, NpdgError
+from npdg.models.weights import read_state_dict
+from npdg.runs import torch_load
 
 #: Added to the spatial variance before the square root (AdaIN/RAIN's 1e-5).
 STAT_EPS = 1e-5
@@ -284,14 +286,9 @@ def _read_state(path: Path) -> dict[str, torch.Tensor]:
             "vgg_normalised.pth or torchvision's vgg19 state dict there)"
         )
     try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any failure means the file is unusable
-        raise DataError(f"cannot read VGG-19 weight file {path}: {exc}") from None
+        state = read_state_dict(path) if path.suffix == ".safetensors" else torch_load(path, what="VGG-19 weight file")
+    except NpdgError as exc:
+        raise DataError(str(exc)) from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

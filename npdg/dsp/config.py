@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from npdg.config import choice, load_tree, num, override_tree, check_tree, tree_from_dict, tree_to_dict
+from npdg.config import check_tree, choice, load_tree, num, override_tree, tree_from_dict, tree_to_dict
 from npdg.data.synthetic import DOMAINS, SOURCE_DOMAIN
 from npdg.dsp.adain import ENCODER_KINDS, TINY_CHANNELS
 from npdg.dsp.dvae import OPTIMIZATIONS

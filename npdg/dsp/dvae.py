@@ -8,7 +8,7 @@ the encoder's last tap:
 
 At deployment only p is kept: ``ε ~ N(0, I) → p(ε) → (μ̂, σ̂) → AdaIN → decoder``.
 
-Losses (METHOD.md §1): content ``‖E(D(t)) − t‖²`` (t detached), style (mean/std MSE summed over the
+Losses (docs/method.md §1): content ``‖E(D(t)) − t‖²`` (t detached), style (mean/std MSE summed over the
 encoder's taps), KL to N(0, I), reconstruction ``‖[μ̂, σ̂] − s‖²`` (s detached); RAIN weights
 1 / 1 / 1 / 5. :class:`StyleTrainer` runs RAIN's alternating optimisation (an Adam step of q and p
 on KL + 5·rec, then an Adam step of the decoder on content + style with the D-VAE's output detached)

@@ -20,9 +20,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save
 from torch import nn
 
+from npdg.config import ASCENT_RULES as CONFIG_ASCENT_RULES
 from npdg.dsp.adain import StyleDecoder, StyleEncoder, adain_blend, build_decoder, build_encoder, check_alpha
 from npdg.dsp.dvae import LatentDecoder
-from npdg.config import ASCENT_RULES as CONFIG_ASCENT_RULES
 from npdg.errors import ConfigError, DataError
 from npdg.runs import atomic_write_bytes, atomic_write_text
 
@@ -149,7 +149,7 @@ class DSP(nn.Module):
             raise DataError(f"{spec_path}: {exc}") from None
         try:
             state = load_file(str(weights_path))
-        except Exception as exc:  # noqa: BLE001 - corrupt file
+        except Exception as exc:
             raise DataError(f"cannot read DSP weights {weights_path}: {exc}") from None
         try:
             state = {k: v.float() for k, v in state.items()}

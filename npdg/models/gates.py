@@ -1,4 +1,4 @@
-"""Per-head gates for MiT attention: the transformer counterpart of a BatchNorm γ (METHOD §2).
+"""Per-head gates for MiT attention: the transformer counterpart of a BatchNorm γ (docs/method.md §2).
 
 A gate ``g_h`` (init 1) multiplies attention head ``h``'s output just before the output projection
 ``attn.proj``. smp's MiT ``Attention`` computes ``(attn @ v).transpose(1, 2).reshape(B, N, C)``, so

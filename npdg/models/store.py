@@ -11,7 +11,6 @@ refuses a pruned file without one. :func:`npdg.pruning.physical.load_model` pass
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from torch import nn
 from npdg.errors import ConfigError, DataError
 from npdg.models.build import ModelSpec, SegModel, build_model, validate_spec
 from npdg.models.weights import read_state_dict
-from npdg.runs import atomic_write_bytes
+from npdg.runs import PICKLE_REFUSED, atomic_write_bytes
 
 MODEL_FILENAME = "model.safetensors"
 PLAN_FILENAME = "pruning_plan.json"
@@ -81,6 +80,13 @@ def read_model_meta(path: str | Path) -> dict[str, str]:
         with safe_open(str(path), framework="pt") as f:
             meta = dict(f.metadata() or {})
     except (SafetensorError, OSError, ValueError) as exc:
+        with open(path, "rb") as fh:
+            head = fh.read(2)
+        if head[:1] == b"\x80":
+            raise DataError(f"{path} is a raw pickle, not an npdg model file (.safetensors): {PICKLE_REFUSED}") from None
+        if head == b"PK":
+            raise DataError(f"{path} is a PyTorch checkpoint, not an npdg model file (a .safetensors written by npdg); "
+                            "pretrained backbone weights go in model.encoder_weights") from None
         raise DataError(f"{path} is not a readable safetensors model file: {exc}") from None
     if "npdg_format" not in meta:
         raise DataError(

@@ -1,4 +1,4 @@
-"""Prunable units of a segmentation model and their torch-pruning coupling groups (METHOD §2, §5).
+"""Prunable units of a segmentation model and their torch-pruning coupling groups (docs/method.md §2, §5).
 
 A *unit* is one output channel of a BatchNorm (kind ``filter``; its scaling factor γ is the BN
 weight) or one MiT attention head (kind ``head``; γ is the head gate of :mod:`npdg.models.gates`).

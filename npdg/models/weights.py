@@ -21,17 +21,17 @@ Whole npdg models are saved and loaded by :mod:`npdg.models.store`.
 
 from __future__ import annotations
 
-import pickle
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from npdg.errors import ConfigError, DataError
+from npdg.errors import ConfigError, DataError, NpdgError
+from npdg.runs import torch_load
 
 #: Keys of a training checkpoint that may wrap the state dict, tried in this order.
 WRAPPER_KEYS: tuple[str, ...] = ("state_dict", "model", "model_state_dict", "model_state", "net", "weights")
@@ -63,26 +63,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         except (SafetensorError, OSError, ValueError) as exc:
             raise DataError(f"cannot read safetensors file {path}: {exc}") from None
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        detail = _unpickling_detail(str(exc))
-        if "GLOBAL" not in str(exc):  # not a blocked object: the bytes are no torch pickle at all
-            raise DataError(f"cannot read weights file {path}: not a valid PyTorch checkpoint ({detail})") from None
-        raise DataError(
-            f"refused to load {path}: it contains pickled Python objects or code, not only tensors "
-            f"(torch.load weights_only=True: {detail}). npdg never runs code from a weights file; "
-            "re-save it as a plain state dict (torch.save(model.state_dict(), ...)) or as .safetensors"
-        ) from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
-        raise DataError(f"cannot read weights file {path}: {exc}") from None
+        obj = torch_load(path, what="weights file")
+    except NpdgError as exc:
+        raise DataError(str(exc)) from None
     return _unwrap(obj, path)
-
-
-def _unpickling_detail(message: str) -> str:
-    """The informative line of torch's weights-only error (its first lines are boilerplate)."""
-    boiler = ("Weights only load failed", "Please file an issue", "Check the documentation", "WeightsUnpickler error")
-    lines = [ln.strip() for ln in message.splitlines() if ln.strip() and not ln.strip().startswith(boiler)]
-    return lines[0] if lines else message.strip()[:200]
 
 
 def _is_tensor_dict(obj) -> bool:

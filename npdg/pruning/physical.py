@@ -1,4 +1,4 @@
-"""Physical pruning: remove the plan's channels and heads from the network (METHOD §5).
+"""Physical pruning: remove the plan's channels and heads from the network (docs/method.md §5).
 
 Filters go through torch-pruning: for every coupling group the plan touches, the group is rebuilt
 from its root BN (``DG.get_pruning_group(bn, prune_batchnorm_out_channels, root_idxs)``) and pruned,
@@ -25,8 +25,8 @@ from torch import nn
 from npdg.errors import ConfigError
 from npdg.models.gates import attention_modules, head_dim, remove_head_gates
 from npdg.models.store import load_model as load_dense
-from npdg.pruning.selection import PruningPlan
 from npdg.models.units import build_graph
+from npdg.pruning.selection import PruningPlan
 
 
 class PrunedAttention(MiTAttention):

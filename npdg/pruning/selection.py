@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
 from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +35,9 @@ from torch import nn
 
 from npdg.config import DEFAULT_RATE
 from npdg.errors import ConfigError, DataError
-from npdg.runs import atomic_write_text
 from npdg.models.gates import attention_modules, head_dim
 from npdg.models.units import CouplingGroup, coupling_groups, head_group_ids, unit_layers
+from npdg.runs import atomic_write_text
 
 #: How units are ranked (lowest first). Criterion names (npdg, slimming, ...) map onto these in
 #: ``npdg.recipes.modes``.

@@ -13,10 +13,8 @@ Which training mode uses which weights is decided in ``npdg.recipes`` (``recipes
 
 from __future__ import annotations
 
-import copy
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from npdg.config import Config, PruneConfig, check_tree, dump_config, load_config
+from npdg.config import Config, PruneConfig, dump_config, load_config, validate
 from npdg.cost import compare, cost_report
 from npdg.errors import ConfigError, DataError
 from npdg.models import save_model, select_device
@@ -81,7 +81,7 @@ def prune_run(run_dir: str | Path, out_dir: str | Path, prune: PruneConfig | Non
               log: Callable[[str], None] = print) -> PruneResult:
     """Prune the model of ``run_dir`` into the new run directory ``out_dir`` as ``prune`` says
     (None → the defaults of :class:`npdg.config.PruneConfig`); see the module docstring."""
-    p = check_tree(Config(prune=prune or PruneConfig())).prune
+    p = validate(Config(prune=prune or PruneConfig())).prune
     crit = get_criterion(p.criterion)
     if crit.score == "scores":
         raise ConfigError(f"criterion {p.criterion!r} ranks by per-unit scores: use npdg.pruning.selection.select(scores=...)")

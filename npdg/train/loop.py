@@ -443,7 +443,10 @@ def train(
         )
     ckpt = None
     if resume:
-        ckpt = read_checkpoint(RunDir(Path(run_dir)).last_checkpoint)
+        last = RunDir(Path(run_dir)).last_checkpoint
+        if not last.is_file():
+            raise ConfigError(f"cannot resume: no checkpoint at {last}")
+        ckpt = read_checkpoint(last)
         if ckpt["iter"] > cfg.train.iters:
             raise ConfigError(f"the checkpoint is at iteration {ckpt['iter']}, beyond train.iters={cfg.train.iters}")
 

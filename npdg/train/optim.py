@@ -9,7 +9,6 @@ from torch import nn
 
 from npdg.config import Config
 
-
 _NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm)
 
 

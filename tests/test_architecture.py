@@ -1,0 +1,133 @@
+"""The shape of the code (docs/architecture.md §1): layers, no cycles, no self-guarding imports, thin pages.
+
+The layer contract lives in pyproject.toml (``[tool.importlinter]``) and is checked by import-linter;
+these tests run it, show once that it catches an upward import, and add what it cannot see: cycles
+(module and package level, counting imports inside functions), ``except ImportError`` around npdg's
+own modules, and the imports of the dashboard pages (scripts, outside the package).
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import grimp
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+LINT = Path(sys.executable).with_name("lint-imports")
+
+
+def _lint(cwd: Path, pythonpath: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(pythonpath)}
+    return subprocess.run([str(LINT), "--no-cache"], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_import_linter_contracts_are_kept():
+    res = _lint(ROOT, ROOT)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "2 kept, 0 broken" in res.stdout
+
+
+def test_contract_fails_on_an_upward_import(tmp_path):
+    """A copy of the package where a bottom-layer module imports the CLI must break the contract."""
+    shutil.copytree(ROOT / "npdg", tmp_path / "npdg", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    labels = tmp_path / "npdg" / "labels.py"
+    labels.write_text(labels.read_text() + "\n\ndef _upward():\n    import npdg.cli  # noqa: F401\n")
+    res = _lint(tmp_path, tmp_path)
+    assert res.returncode != 0
+    assert "BROKEN" in res.stdout and "npdg.labels -> npdg.cli" in res.stdout
+
+
+@pytest.fixture(scope="module")
+def graph() -> grimp.ImportGraph:
+    return grimp.build_graph("npdg", cache_dir=None)
+
+
+def _cycle(edges: dict[str, set[str]]) -> list[str] | None:
+    """One cycle of a directed graph (as a node list), or None."""
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(edges.get(node, ())):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(edges):
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+def test_no_import_cycles_between_modules(graph):
+    edges = {m: set(graph.find_modules_directly_imported_by(m)) for m in graph.modules if m.startswith("npdg")}
+    # a package's __init__ re-exporting its submodules is not a cycle with a submodule importing a sibling
+    edges = {m: {n for n in imp if n.startswith("npdg") and not m.startswith(n + ".")} for m, imp in edges.items()}
+    assert _cycle(edges) is None, f"import cycle: {' -> '.join(_cycle(edges))}"
+
+
+def test_no_import_cycles_between_subpackages(graph):
+    """Siblings of one layer may import each other, but never in a circle (e.g. pruning <-> sensitivity)."""
+    def top(m: str) -> str:
+        return ".".join(m.split(".")[:2])
+
+    edges: dict[str, set[str]] = {}
+    for m in graph.modules:
+        for n in graph.find_modules_directly_imported_by(m):
+            if n.startswith("npdg.") and top(n) != top(m) and m.startswith("npdg."):
+                edges.setdefault(top(m), set()).add(top(n))
+    assert _cycle(edges) is None, f"subpackage cycle: {' -> '.join(_cycle(edges))}"
+
+
+def _py_files(*folders: str) -> list[Path]:
+    return sorted(p for f in folders for p in (ROOT / f).rglob("*.py"))
+
+
+def test_no_except_importerror_around_own_modules():
+    bad = []
+    for path in _py_files("npdg"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Try):
+                continue
+            caught = {ast.unparse(h.type) for h in node.handlers if h.type is not None}
+            if not caught & {"ImportError", "ModuleNotFoundError", "(ImportError, ModuleNotFoundError)"}:
+                continue
+            for stmt in ast.walk(ast.Module(body=node.body, type_ignores=[])):
+                names = [stmt.module or ""] if isinstance(stmt, ast.ImportFrom) else (
+                    [a.name for a in stmt.names] if isinstance(stmt, ast.Import) else [])
+                if any(n.startswith("npdg") for n in names) or (isinstance(stmt, ast.ImportFrom) and stmt.level):
+                    bad.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert not bad, f"except ImportError around npdg's own modules: {bad}"
+
+
+def _npdg_imports(path: Path) -> list[str]:
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            out += [node.module] + [f"{node.module}.{a.name}" for a in node.names if node.module == "npdg"]
+    return [n for n in out if n == "npdg" or n.startswith("npdg.")]
+
+
+def test_pages_and_app_use_only_the_services():
+    """Pages are scripts import-linter cannot see: they (and app/) reach npdg only through npdg.service."""
+    bad = []
+    for path in _py_files("pages", "app"):
+        for name in _npdg_imports(path):
+            if name != "npdg.service" and not name.startswith("npdg.service.") and name != "npdg":
+                bad.append(f"{path.relative_to(ROOT)}: {name}")
+    assert not bad, f"pages/app import the engine directly: {bad}"
