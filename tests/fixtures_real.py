@@ -1,4 +1,4 @@
-"""Writers of tiny fixture trees in the exact on-disk formats of the real datasets (DESIGN.md §3).
+"""Writers of tiny fixture trees in the exact on-disk formats of the real datasets (docs/architecture.md §4).
 
 Tests call these with a tmp dir; no binary fixture is committed. Every writer returns a
 :class:`FixtureTree` holding the arrays it wrote, so tests can compare decoded labels pixel by pixel.

@@ -17,6 +17,7 @@ from npdg.cli import main
 from npdg.config import Config, apply_overrides
 from npdg.errors import ConfigError
 from npdg.runs import list_runs, load_checkpoint, read_metrics
+from npdg.recipes import train  # mode-aware (photometric); the loop alone is npdg.train.train
 from npdg.train import (
     Callback,
     InfiniteSampler,
@@ -27,7 +28,6 @@ from npdg.train import (
     lr_factor,
     param_groups,
     random_scale_crop_flip,
-    train,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -340,3 +340,11 @@ def test_periodic_and_final_evaluation_are_written(tmp_path):
     evals = m[m["eval"].fillna(False).astype(bool)]
     assert list(evals["iter"]) == [2, 4] and evals["miou/blocks"].notna().all()
     assert list_runs(tmp_path).iloc[0]["iters_done"] == 4  # eval lines do not count as loss lines
+
+
+def test_the_loop_alone_refuses_a_method_mode():
+    """npdg.train.train knows no method: a mode other than plain CE must come through npdg.recipes.train."""
+    from npdg.train import train as loop
+
+    with pytest.raises(ConfigError, match="applied by npdg.recipes.train"):
+        loop(tiny_cfg("train.mode=photometric"), None, model=tiny_model(), train_dataset=BlockDataset(), device="cpu")

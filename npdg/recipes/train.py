@@ -81,7 +81,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, *, model: nn.Module | 
     Same arguments as :func:`npdg.train.train` (the loop), which this calls with the mode's plugin.
     """
     cfg = check_config(validate(cfg))
-    return train_loop(cfg, run_dir, model=model, plugin=plugin_for(cfg), **kwargs)
+    return train_loop(cfg, run_dir, model=model, plugin=plugin_for(cfg) or Plugin(), **kwargs)
 
 
 __all__ = ["SENSITIVITY_DIR", "plugin_for", "train"]

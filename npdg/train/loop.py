@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from npdg.config import Config, config_to_dict, dump_config, validate
+from npdg.config import Config, TrainConfig, config_to_dict, dump_config, validate
 from npdg.data.specs import open_dataset
 from npdg.errors import ConfigError, NpdgError
 from npdg.evaluate import evaluate_config, protocol_of
@@ -72,6 +72,8 @@ GradHook = Callable[[nn.Module, int], None]
 #: (step, total, metrics) -> None, called after every iteration (metrics: the latest logged values).
 ProgressFn = Callable[[int, int, dict[str, float]], None]
 
+#: ``train.mode``'s default: plain CE, the only mode the loop runs without a recipe's :class:`Plugin`.
+PLAIN_MODE = TrainConfig().mode
 #: Keys (and types) a segmentor training checkpoint must hold before any field is read.
 CHECKPOINT_KEYS: dict[str, type | tuple[type, ...]] = {
     "iter": int, "model": dict, "optimizer": dict, "rng": dict, "aug_rng": torch.Tensor, "config": dict,
@@ -423,6 +425,11 @@ def train(
     """
     t0 = time.perf_counter()
     cfg = validate(cfg)
+    if plugin is None and cfg.train.mode != PLAIN_MODE:
+        raise ConfigError(
+            f"the training loop alone runs plain cross-entropy; train.mode={cfg.train.mode!r} is applied by "
+            "npdg.recipes.train (or `python -m npdg train`), which plugs the mode's hooks in"
+        )
     protocol_of(cfg)  # an unknown protocol fails now, not after hours of training (checked even with --no-eval)
     info, dev = setup_distributed(device)
     emit = log if (log is not None and info.is_main) else (lambda msg: None)
