@@ -64,16 +64,12 @@ WORKER = textwrap.dedent(
     torch.save({k: v.clone() for k, v in model.state_dict().items()}, out / f"rank{rank}.pt")
 
     # distributed evaluation (npdg.evaluate all-reduces its confusion matrix); rank 0 reports it
-    try:
-        from npdg.evaluate import evaluate
-        from npdg.evaluate import protocol_of as _protocol
-    except ImportError:
-        evaluate = None
-    if evaluate is not None:
-        res = evaluate(model, {"blocks": BlockDataset(n=7, seed=5)}, _protocol(cfg), 2, torch.device("cpu"),
-                       targets=["blocks"])
-        if rank == 0:
-            (out / "ddp_eval.json").write_text(json.dumps(res.to_dict()))
+    from npdg.evaluate import evaluate, protocol_of
+
+    res = evaluate(model, {"blocks": BlockDataset(n=7, seed=5)}, protocol_of(cfg), 2, torch.device("cpu"),
+                   targets=["blocks"])
+    if rank == 0:
+        (out / "ddp_eval.json").write_text(json.dumps(res.to_dict()))
     dist.barrier()
     dist.destroy_process_group()
     '''
@@ -108,8 +104,6 @@ def test_torchrun_two_cpu_processes(tmp_path):
         assert torch.equal(ckpt["model"][k], a[k]), k
 
     ddp_eval = tmp_path / "ddp_eval.json"
-    if not ddp_eval.exists():
-        pytest.skip("npdg.evaluate is not available: distributed evaluation not checked")
     # the same model and data in a single process
     sys.path.insert(0, str(tmp_path))
     try:

@@ -285,3 +285,31 @@ def test_kill_9_during_checkpoint_writes_then_resume_is_bitwise_exact(tmp_path):
     a, b = read_state_dict(ref / "model.safetensors"), read_state_dict(out / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert not list(out.rglob(".*.tmp"))  # no temp file of a killed writer survives the resume
+
+
+def test_ctrl_c_says_how_to_resume(capsys):
+    import argparse
+
+    from npdg.cli.common import dispatch
+
+    def interrupted(args):
+        args.resume_hint = "python -m npdg train --out runs/x --resume"
+        raise KeyboardInterrupt
+
+    assert dispatch(argparse.Namespace(func=interrupted)) == 130
+    err = capsys.readouterr().err
+    assert err.strip() == "interrupted; resume with python -m npdg train --out runs/x --resume"
+
+
+def test_full_disk_names_the_path_and_what_to_do(tmp_path, capsys, monkeypatch):
+    import npdg.runs as runs_mod
+
+    def no_space(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(runs_mod.os, "replace", no_space)
+    code, err = _run(["data", "preview", "--domain", "source", "--n", "1", "--size", "32x64",
+                      "--out", str(tmp_path / "grid.png")], capsys)
+    assert code == 2 and "Traceback" not in err
+    assert f"cannot write {tmp_path / 'grid.png'}" in err and "free some disk space" in err
+    assert not list(tmp_path.iterdir())  # the temporary file is gone too
