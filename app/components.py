@@ -6,20 +6,28 @@ from collections.abc import Iterable
 
 import streamlit as st
 
-from npdg.labels import CLASS_NAMES, PALETTE
+from npdg.service import device_info, is_busy
+from npdg.service.data import CLASS_NAMES, class_color
 
 
 def class_chips(train_ids: Iterable[int]) -> None:
     """A colour legend as inline chips: a swatch in the class colour and the class name."""
     chips = []
     for t in train_ids:
-        r, g, b = (int(v) for v in PALETTE[t])
+        r, g, b = class_color(t)
         text = "#000" if 0.299 * r + 0.587 * g + 0.114 * b > 140 else "#fff"
         chips.append(
             f"<span style='background:rgb({r},{g},{b});color:{text};padding:2px 8px;"
             f"border-radius:10px;margin:2px;display:inline-block;font-size:0.85em'>{t} {CLASS_NAMES[t]}</span>"
         )
     st.markdown(" ".join(chips), unsafe_allow_html=True)
+
+
+def device_badge() -> None:
+    """Where the engine computes (GPU or CPU), and whether it is busy with another request."""
+    info = device_info()
+    busy = " · busy" if is_busy() else ""
+    st.caption(f"{'⚡' if info.kind == 'cuda' else '🖥️'} {info.label}{busy}")
 
 
 def error_box(exc: Exception) -> None:

@@ -2,7 +2,7 @@
 
 Sets up the page, puts the repository root on ``sys.path`` (so pages can import ``app`` and
 ``npdg`` from a plain checkout) and declares the navigation. Each page is a short script in
-``pages/`` that wires widgets to :mod:`npdg.service` and renders.
+``pages/`` that wires widgets to :mod:`npdg.service` (one module per page) and renders.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ if str(ROOT) not in sys.path:
 
 import streamlit as st  # noqa: E402
 
+from app import components  # noqa: E402
+
 st.set_page_config(page_title="npdg — NPDG dashboard", page_icon="🪨", layout="wide")
 
 PAGES = [
@@ -28,4 +30,5 @@ with st.sidebar:
         "**npdg** — NPDG (Luo, Liu & Yang, IJCV 2024): find the filters that break under domain "
         "shift, prune them, and generalize better with a cheaper model."
     )
+    components.device_badge()
 nav.run()

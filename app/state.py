@@ -1,11 +1,13 @@
 """Typed access to the dashboard's URL query parameters (deep links).
 
 A page reads its defaults from the URL once, then writes the current choice back, so a link copied
-from the address bar reopens the same view.
+from the address bar reopens the same view. A value that does not parse, or is not finite
+(``nan``, ``inf``), falls back to the default; a finite number outside its range is clamped into it.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import streamlit as st
@@ -15,15 +17,20 @@ def get_int(key: str, default: int, lo: int, hi: int) -> int:
     """Integer query parameter clamped to [lo, hi]; malformed values fall back to ``default``."""
     try:
         return min(max(int(st.query_params.get(key, default)), lo), hi)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return default
 
 
 def get_float(key: str, default: float, lo: float, hi: float) -> float:
+    """Float query parameter clamped to [lo, hi]; malformed or non-finite values (``nan``, ``inf``)
+    fall back to ``default``."""
     try:
-        return min(max(float(st.query_params.get(key, default)), lo), hi)
-    except (TypeError, ValueError):
+        value = float(st.query_params.get(key, default))
+    except (TypeError, ValueError, OverflowError):
         return default
+    if not math.isfinite(value):
+        return default
+    return min(max(value, lo), hi)
 
 
 def get_choice(key: str, default: str, choices: Sequence[str]) -> str:

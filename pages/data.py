@@ -1,6 +1,6 @@
 """Data page: one scene, many domains — what domain shift looks like.
 
-Widgets → :mod:`npdg.service` → images. The scene, split, domains, view and opacity live in the URL.
+Widgets → :mod:`npdg.service.data` → images. The scene, split, domains, view and opacity live in the URL.
 """
 
 from __future__ import annotations
@@ -10,9 +10,8 @@ import plotly.express as px
 import streamlit as st
 
 from app import components, state
-from npdg import service, viz
-from npdg.data.synthetic import DEFAULT_LENGTHS, DOMAINS, SOURCE_DOMAIN
-from npdg.labels import CLASS_NAMES
+from npdg.service import data as service
+from npdg.service.data import CLASS_NAMES, DEFAULT_DOMAINS, DOMAIN_NAMES, DOMAIN_ROLES, SPLIT_LENGTHS
 
 SIZES = {"128×256 (fast)": (128, 256), "256×512 (default)": (256, 512), "512×1024 (sharp)": (512, 1024)}
 VIEWS = ("Overlay", "Image", "Labels")
@@ -26,15 +25,16 @@ st.markdown(
     "column below has **identical labels** and differs in appearance only."
 )
 
-domain_names = list(DOMAINS)
-default_domains = [d for d in (SOURCE_DOMAIN, "photo", "night", "fog", "toon", "suburb") if d in DOMAINS]
+domain_names = list(DOMAIN_NAMES)
+default_domains = list(DEFAULT_DOMAINS)
+splits = list(SPLIT_LENGTHS)
 
 c1, c2, c3, c4 = st.columns([1, 1, 1.3, 1.2])
 split = c1.selectbox(
-    "Split", list(DEFAULT_LENGTHS), index=list(DEFAULT_LENGTHS).index(state.get_choice("split", "val", list(DEFAULT_LENGTHS))),
+    "Split", splits, index=splits.index(state.get_choice("split", "val", splits)),
     key="data_split", help="train / val / test use disjoint seeds: no scene is shared between them.",
 )
-n_scenes = DEFAULT_LENGTHS[split]
+n_scenes = SPLIT_LENGTHS[split]
 scene = c2.number_input(
     "Scene", min_value=0, max_value=n_scenes - 1, value=state.get_int("scene", 0, 0, n_scenes - 1), step=1,
     key="data_scene", help="Scene index within the split; the same index is the same street in every domain.",
@@ -47,7 +47,7 @@ view = c4.radio("Show", VIEWS, index=VIEWS.index(state.get_choice("view", "Overl
 
 domains = st.multiselect(
     "Domains", domain_names, default=state.get_list("domains", default_domains, domain_names), key="data_domains",
-    format_func=lambda d: f"{d} ({DOMAINS[d].role.replace('_', ' ')})",
+    format_func=lambda d: f"{d} ({DOMAIN_ROLES[d].replace('_', ' ')})",
     help="source = the training domain; heldout = never seen in training; content shift = different "
     "layout statistics with the source look (the case NPDG does not target).",
 )
@@ -79,9 +79,9 @@ ncols = min(3, len(views))
 cols = st.columns(ncols)
 for k, v in enumerate(views):
     if view == "Overlay":
-        picture = viz.overlay(v.image, v.label, opacity=opacity, classes=shown)
+        picture = service.overlay(v.image, v.label, opacity=opacity, classes=shown)
     elif view == "Labels":
-        picture = viz.overlay(v.image, v.label, opacity=1.0)
+        picture = service.overlay(v.image, v.label, opacity=1.0)
     else:
         picture = v.image
     cols[k % ncols].image(picture, caption=f"{v.domain} — {v.role.replace('_', ' ')}: {v.description}", width="stretch", output_format="PNG")

@@ -76,3 +76,31 @@ def test_query_params_open_the_linked_view():
     assert at.number_input(key="data_scene").value == 7
     assert at.multiselect(key="data_domains").value == ["fog"]
     assert at.slider(key="data_opacity").value == 0.5
+
+
+@pytest.mark.parametrize("opacity,scene", [("nan", "nan"), ("inf", "inf"), ("-inf", "1e999"), ("NaN", "-nan")])
+def test_non_finite_query_params_fall_back_to_the_defaults(opacity, scene):
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params["opacity"] = opacity
+    at.query_params["scene"] = scene
+    at.run()
+    assert not at.exception
+    assert at.slider(key="data_opacity").value == 0.5
+    assert at.number_input(key="data_scene").value == 0
+    assert at.query_params["opacity"] == "0.5" and at.query_params["scene"] == "0"
+
+
+def test_out_of_range_query_params_are_clamped():
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params["opacity"] = "7"
+    at.query_params["scene"] = "100000"
+    at.query_params["res"] = "-3"
+    at.run()
+    assert not at.exception
+    assert at.slider(key="data_opacity").value == 1.0
+    assert at.number_input(key="data_scene").value == 199
+    assert at.selectbox(key="data_size").index == 0
+
+
+def test_sidebar_shows_the_device_badge(app):
+    assert any(("CPU" in c.value or "GPU" in c.value) for c in app.sidebar.caption)

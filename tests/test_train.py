@@ -16,8 +16,8 @@ from torch.utils.data import Dataset
 from npdg.cli import main
 from npdg.config import Config, apply_overrides
 from npdg.errors import ConfigError
-from npdg.runs import list_runs, load_checkpoint, read_metrics
 from npdg.recipes import train  # mode-aware (photometric); the loop alone is npdg.train.train
+from npdg.runs import list_runs, load_checkpoint, read_metrics
 from npdg.train import (
     Callback,
     InfiniteSampler,

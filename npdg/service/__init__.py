@@ -1,0 +1,225 @@
+"""The facade the dashboard calls: one cached module per page, plain-Python results.
+
+Pages never reach into the engine directly; they call these modules, which return frozen
+dataclasses (numpy arrays read-only) or fresh DataFrames, cache what reruns would recompute, and
+never hand out an object that a caller could mutate for everyone:
+
+* :mod:`npdg.service.data` — synthetic scenes in many domains, class shares, overlays;
+* :mod:`npdg.service.styles` — DSP styles of a scene or an uploaded image: random, ascended, traversed;
+* :mod:`npdg.service.sensitivity` — sensitivity tables: load, probe (DSP or held-out renderings), re-mix λ;
+* :mod:`npdg.service.pruning` — plans from a criterion, their cost, soft-masked predictions and mIoU;
+* :mod:`npdg.service.compare` — models evaluated on named synthetic domains, per-scene error maps;
+* :mod:`npdg.service.explain` — activation atlases of one unit layer.
+
+This module holds what they share: ONE engine lock (:data:`ENGINE_LOCK`, re-entrant) that every
+function adding hooks to a shared model or using the accelerator takes (:func:`engine`), a busy flag
+for the UI (:func:`is_busy`), the device badge (:func:`device_info`), a small LRU cache keyed by
+every setting (:class:`LRU`) and the shared, read-only model and DSP loaders. npdg never imports
+streamlit; the caches are plain Python.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+T = TypeVar("T")
+
+#: The one lock around the engine: model forwards, hooks, ascent, probes, evaluation.
+ENGINE_LOCK = threading.RLock()
+_busy_lock = threading.Lock()
+_busy = 0
+
+
+@contextmanager
+def engine() -> Iterator[None]:
+    """Hold the engine lock (re-entrant) and mark the engine busy for the duration."""
+    global _busy
+    with ENGINE_LOCK:
+        with _busy_lock:
+            _busy += 1
+        try:
+            yield
+        finally:
+            with _busy_lock:
+                _busy -= 1
+
+
+def is_busy() -> bool:
+    """Whether some thread is inside :func:`engine` right now (for a "working…" badge)."""
+    with _busy_lock:
+        return _busy > 0
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """Where the engine computes: ``kind`` ``cuda`` or ``cpu``, a device string and a badge label."""
+
+    kind: str
+    device: str
+    name: str
+    label: str
+    memory_gb: float | None = None
+
+
+@lru_cache(maxsize=1)
+def device_info() -> DeviceInfo:
+    """CUDA when available, else the CPU (the services load models there)."""
+    import torch
+
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        mem = round(props.total_memory / 2**30, 1)
+        return DeviceInfo("cuda", "cuda:0", props.name, f"GPU · {props.name} ({mem:g} GiB)", mem)
+    threads = torch.get_num_threads()
+    return DeviceInfo("cpu", "cpu", "CPU", f"CPU · {threads} thread{'s' if threads != 1 else ''}")
+
+
+def engine_device():
+    """The ``torch.device`` of :func:`device_info`."""
+    import torch
+
+    return torch.device(device_info().device)
+
+
+# ==================================================================================================
+# caching helpers
+# ==================================================================================================
+class LRU:
+    """A small thread-safe least-recently-used cache: ``get(key, compute)``.
+
+    The value is computed outside the cache's own lock (callers take :func:`engine` where needed),
+    so a cache hit never waits for a running computation.
+    """
+
+    def __init__(self, maxsize: int = 64) -> None:
+        self.maxsize = int(maxsize)
+        self._data: OrderedDict[Hashable, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable, compute: Callable[[], T]) -> T:
+        with self._lock:
+            if key in self._data:
+                self._data.move_to_end(key)
+                return self._data[key]
+        value = compute()
+        with self._lock:
+            self._data[key] = value
+            self._data.move_to_end(key)
+            while len(self._data) > self.maxsize:
+                self._data.popitem(last=False)
+        return value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._data)
+
+
+_CACHES: list[LRU] = []
+
+
+def lru(maxsize: int = 64) -> LRU:
+    """A new :class:`LRU` that :func:`clear_caches` also empties."""
+    cache = LRU(maxsize)
+    _CACHES.append(cache)
+    return cache
+
+
+def clear_caches() -> None:
+    """Forget every cached result, model and DSP (e.g. after files changed on disk)."""
+    for cache in _CACHES:
+        cache.clear()
+    _load_model.cache_clear()
+    _load_dsp.cache_clear()
+
+
+def readonly(a: np.ndarray) -> np.ndarray:
+    """``a`` marked read-only (in place) and returned."""
+    a.setflags(write=False)
+    return a
+
+
+def array_key(a: np.ndarray) -> tuple:
+    """A cache key for an array's content: shape, dtype and a SHA-1 of its bytes."""
+    a = np.ascontiguousarray(a)
+    return (a.shape, str(a.dtype), hashlib.sha1(a.tobytes()).hexdigest())
+
+
+def file_key(path: str | Path) -> tuple:
+    """A cache key for a file or folder: resolved path plus size and mtime of the file(s) that matter."""
+    p = Path(path).resolve()
+    parts: list[tuple] = []
+    files = [p] if p.is_file() else sorted(q for q in p.iterdir() if q.is_file()) if p.is_dir() else []
+    for f in files:
+        st = f.stat()
+        parts.append((f.name, st.st_size, st.st_mtime_ns))
+    return (str(p), tuple(parts))
+
+
+# ==================================================================================================
+# shared, read-only models
+# ==================================================================================================
+def _model_files_key(path: str | Path) -> tuple:
+    from npdg.models.store import PLAN_FILENAME, resolve_model_path
+
+    f = resolve_model_path(path)
+    plan = f.parent / PLAN_FILENAME
+    return file_key(f) + (file_key(plan) if plan.is_file() else ())
+
+
+@lru_cache(maxsize=4)
+def _load_model(key: tuple, path: str, device: str):
+    from npdg.pruning.physical import load_model
+
+    with engine():
+        # parameters keep requires_grad: torch-pruning traces coupling groups through autograd
+        return load_model(path, device=device).eval()
+
+
+def shared_model(path: str | Path):
+    """The model at ``path`` (file or run folder; pruned runs included), loaded once per file
+    version onto :func:`engine_device`, in eval mode.
+
+    Shared by every session: service code uses it only under :func:`engine` and never writes to
+    it (soft masks go through ``torch.func.functional_call``). Not for pages.
+    """
+    from npdg.models.store import resolve_model_path
+
+    return _load_model(_model_files_key(path), str(resolve_model_path(path)), device_info().device)
+
+
+def model_key(path: str | Path) -> tuple:
+    """The cache key of a model file version (use it in result caches)."""
+    return _model_files_key(path)
+
+
+@lru_cache(maxsize=4)
+def _load_dsp(key: tuple, path: str, device: str):
+    from npdg.dsp.model import DSP
+
+    with engine():
+        return DSP.load(path, device=device)
+
+
+def shared_dsp(path: str | Path):
+    """The DSP folder at ``path``, loaded once per version onto :func:`engine_device` (frozen)."""
+    return _load_dsp(file_key(path), str(Path(path).resolve()), device_info().device)
+
+
+__all__ = [
+    "DeviceInfo", "ENGINE_LOCK", "LRU", "array_key", "clear_caches", "device_info", "engine", "engine_device",
+    "file_key", "is_busy", "lru", "model_key", "readonly", "shared_dsp", "shared_model",
+]

@@ -1,0 +1,151 @@
+"""Compare page service: models side by side on named synthetic domains (docs/method.md §6, §7).
+
+* :func:`evaluate_model` — one model on a set of domains (``npdg.data.specs.open_named`` +
+  ``npdg.evaluate.evaluate``): per-domain and per-class scores, the held-out mean;
+* :func:`compare_models` — several models stacked into one tidy frame;
+* :func:`scene_predictions` — one scene in each domain with the model's prediction and its error
+  map (TP / FP / FN, :func:`npdg.explain.error_map`).
+
+Scores are cached by model file version and every setting; frames are new copies on each call.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from npdg.explain import ErrorMap, error_map
+from npdg.service import engine, engine_device, lru, model_key, readonly, shared_model
+from npdg.service.data import DOMAIN_NAMES, DOMAIN_ROLES, scene_batch
+
+ProgressFn = Callable[[int, int], None]
+DEFAULT_SIZE: tuple[int, int] = (128, 256)
+_EVALS = lru(32)
+_SCENES = lru(64)
+DOMAIN_COLUMNS = ["domain", "role", "averaged", "miou", "pixel_acc", "num_images"]
+
+
+@dataclass(frozen=True)
+class ModelScores:
+    """One model's scores: ``domains`` (columns :data:`DOMAIN_COLUMNS`), ``per_class`` (``domain,
+    class, iou``), the averaged ``targets`` and their ``mean_target_miou``. The frames are the
+    caller's own copies."""
+
+    model: str
+    domains: pd.DataFrame
+    per_class: pd.DataFrame
+    targets: tuple[str, ...]
+    mean_target_miou: float
+    protocol: str
+
+
+def evaluate_model(
+    model_path: str | Path,
+    *,
+    domains: Sequence[str] = DOMAIN_NAMES,
+    split: str = "val",
+    n_images: int = 8,
+    size: tuple[int, int] = DEFAULT_SIZE,
+    protocol: str = "robustnet",
+    progress: ProgressFn | None = None,
+) -> ModelScores:
+    """mIoU and pixel accuracy of the model at ``model_path`` on the first ``n_images`` scenes of
+    ``split`` in each of ``domains``; the held-out mean leaves out the source and ``suburb``."""
+    doms = tuple(domains)
+    key = (model_key(model_path), doms, split, int(n_images), tuple(size), protocol)
+
+    def compute():
+        from npdg.data.specs import open_named
+        from npdg.evaluate import evaluate
+
+        datasets, source = open_named(list(doms), split, tuple(size))
+        with engine():
+            result = evaluate(shared_model(model_path), datasets, protocol, limit=int(n_images),
+                              device=engine_device(), channels_last=False, source=source, progress=progress)
+        table = result.table()
+        table.insert(1, "averaged", table["domain"].isin(result.targets))
+        table["role"] = [DOMAIN_ROLES.get(d, "real") for d in table["domain"]]
+        return table[DOMAIN_COLUMNS], result.per_class_frame(), tuple(result.targets), float(result.mean_target_miou)
+
+    table, per_class, targets, mean = _EVALS.get(key, compute)
+    return ModelScores(str(model_path), table.copy(), per_class.copy(), targets, mean, protocol)
+
+
+def compare_models(
+    models: Mapping[str, str | Path] | Sequence[str | Path],
+    **kwargs,
+) -> pd.DataFrame:
+    """Several models (label → path, or paths labelled by themselves) evaluated with the same
+    settings (the keyword arguments of :func:`evaluate_model`): columns ``model`` + :data:`DOMAIN_COLUMNS`."""
+    items = models.items() if isinstance(models, Mapping) else [(str(p), p) for p in models]
+    frames = []
+    for label, path in items:
+        scores = evaluate_model(path, **kwargs)
+        frames.append(scores.domains.assign(model=str(label)))
+    if not frames:
+        return pd.DataFrame(columns=["model", *DOMAIN_COLUMNS])
+    return pd.concat(frames, ignore_index=True)[["model", *DOMAIN_COLUMNS]]
+
+
+@dataclass(frozen=True)
+class ScenePrediction:
+    """One scene in one domain with the model's prediction (read-only arrays) and its error map."""
+
+    domain: str
+    role: str
+    split: str
+    index: int
+    image: np.ndarray  # uint8 [H, W, 3]
+    label: np.ndarray  # uint8 [H, W]
+    pred: np.ndarray  # uint8 [H, W]
+    error: ErrorMap
+
+    @property
+    def miou(self) -> float:
+        """mIoU of this one scene (classes present in label or prediction); for display only — the
+        page's dataset scores come from one confusion matrix per domain."""
+        iou = self.error.table()["iou"].to_numpy()
+        iou = iou[np.isfinite(iou)]
+        return float(iou.mean()) if iou.size else math.nan
+
+
+def scene_predictions(
+    model_path: str | Path,
+    *,
+    split: str = "val",
+    index: int = 0,
+    domains: Sequence[str] = DOMAIN_NAMES,
+    size: tuple[int, int] = DEFAULT_SIZE,
+    class_id: int | None = None,
+) -> tuple[ScenePrediction, ...]:
+    """Scene ``(split, index)`` in each of ``domains`` with the prediction and the TP / FP / FN map
+    (for ``class_id``, or right vs wrong over all classes)."""
+    doms = tuple(domains)
+    key = (model_key(model_path), split, int(index), doms, tuple(size), class_id)
+
+    def compute():
+        import torch
+
+        out = []
+        for d in doms:
+            images, labels = scene_batch(d, split, [int(index)], tuple(size))
+            with engine(), torch.inference_mode():
+                model = shared_model(model_path)
+                pred = model(images.to(engine_device())).argmax(1)[0].to("cpu").numpy().astype(np.uint8)
+            label = labels[0].numpy().astype(np.uint8)
+            image = (images[0].permute(1, 2, 0).numpy() * 255.0 + 0.5).astype(np.uint8)
+            n = int(getattr(model, "num_classes", 19))
+            out.append(ScenePrediction(d, DOMAIN_ROLES.get(d, "real"), split, int(index), readonly(image),
+                                       readonly(label), readonly(pred), error_map(pred, label, class_id, n)))
+        return tuple(out)
+
+    return _SCENES.get(key, compute)
+
+
+__all__ = ["DEFAULT_SIZE", "DOMAIN_COLUMNS", "ModelScores", "ScenePrediction", "compare_models", "evaluate_model",
+           "scene_predictions"]

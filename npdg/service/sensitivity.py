@@ -1,0 +1,151 @@
+"""Sensitivity page service: per-unit style sensitivity tables (docs/method.md §3).
+
+* :func:`load_table` / :func:`run_tables` — a saved table (``npdg sensitivity`` output, or the
+  ``RUN/sensitivity/iter_XXXXXX.csv`` tables sparse training writes);
+* :func:`probe_dsp` — probe a model with source images × DSP styles (what NPDG uses);
+* :func:`probe_oracle` — probe it with the same scenes rendered in held-out domains (a diagnostic
+  of how well DSP stands in for the true shifts; never for training or selection);
+* :func:`recombine` — the same statistics with another λ, without a forward pass;
+* :func:`rank_agreement` — per-layer Spearman correlation between two tables (e.g. DSP vs oracle).
+
+Each call returns a new :class:`~npdg.sensitivity.SensitivityResult` whose table the caller may
+change freely; the cached one is never handed out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from npdg.config import DEFAULT_LAMBDA
+from npdg.errors import DataError
+from npdg.sensitivity import SensitivityResult
+from npdg.sensitivity import recombine as _recombine
+from npdg.service import engine, file_key, lru, model_key, shared_dsp, shared_model
+from npdg.service.data import HELDOUT_DOMAINS, SOURCE_DOMAIN
+
+ProgressFn = Callable[[int, int], None]
+#: Default probe size (H, W) on the dashboard.
+DEFAULT_SIZE: tuple[int, int] = (128, 256)
+_TABLES = lru(16)
+_PROBES = lru(16)
+
+
+def _copy(result: SensitivityResult) -> SensitivityResult:
+    return SensitivityResult(result.table.copy(), dict(result.meta))
+
+
+def load_table(path: str | Path) -> SensitivityResult:
+    """A saved sensitivity table (``.csv`` or ``.parquet`` with its metadata), cached per file version."""
+    return _copy(_TABLES.get(("table", file_key(path)), lambda: SensitivityResult.load(path)))
+
+
+def run_tables(run_dir: str | Path) -> list[str]:
+    """The sensitivity tables of a run folder, oldest first: ``RUN/sensitivity/*.csv|parquet`` (one
+    per refresh of sparse training) and ``RUN/sensitivity.csv|parquet`` if present."""
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise DataError(f"not a run folder: {run}")
+    found = sorted(p for p in (run / "sensitivity").glob("*") if p.suffix.lower() in (".csv", ".parquet")) \
+        if (run / "sensitivity").is_dir() else []
+    found += [run / f"sensitivity{ext}" for ext in (".csv", ".parquet") if (run / f"sensitivity{ext}").is_file()]
+    return [str(p) for p in found]
+
+
+def probe_dsp(
+    model_path: str | Path,
+    dsp_path: str | Path,
+    *,
+    n_images: int = 8,
+    n_styles: int = 4,
+    size: tuple[int, int] = DEFAULT_SIZE,
+    split: str = "train",
+    lam: float = DEFAULT_LAMBDA,
+    unary: str = "share",
+    seed: int = 0,
+    batch_size: int = 4,
+    progress: ProgressFn | None = None,
+) -> SensitivityResult:
+    """Probe the model with ``n_images`` source scenes (spread evenly over ``split``) × ``n_styles``
+    DSP styles drawn from ``seed`` — :func:`npdg.sensitivity.probe` as sparse training runs it."""
+    from npdg.data.specs import open_dataset, spread_images
+
+    key = ("dsp", model_key(model_path), file_key(dsp_path), int(n_images), int(n_styles), tuple(size), split,
+           float(lam), unary, int(seed), int(batch_size))
+
+    def compute() -> SensitivityResult:
+        from npdg.sensitivity import probe
+
+        images = spread_images(open_dataset(SOURCE_DOMAIN, split, tuple(size)), int(n_images))
+        with engine():
+            model, dsp = shared_model(model_path), shared_dsp(dsp_path)
+            return probe(model, images.to(dsp.device), dsp, n_styles=n_styles, lam=lam, unary=unary,
+                         batch_size=batch_size, progress=progress, seed=seed)
+
+    return _copy(_PROBES.get(key, compute))
+
+
+def probe_oracle(
+    model_path: str | Path,
+    *,
+    domains: Sequence[str] = HELDOUT_DOMAINS,
+    indices: Sequence[int] = tuple(range(4)),
+    size: tuple[int, int] = DEFAULT_SIZE,
+    split: str = "val",
+    lam: float = DEFAULT_LAMBDA,
+    unary: str = "share",
+    batch_size: int = 2,
+    progress: ProgressFn | None = None,
+) -> SensitivityResult:
+    """Probe the model with scenes ``indices`` rendered in each of ``domains`` (the "styles" are the
+    true held-out looks; :func:`npdg.data.specs.domain_stack`, ``probe(dsp=None)``). A diagnostic that
+    uses target domains: never feed it to training or selection (docs/method.md §3)."""
+    from npdg.data.specs import domain_stack
+
+    doms, idx = tuple(domains), tuple(int(i) for i in indices)
+    key = ("oracle", model_key(model_path), doms, idx, tuple(size), split, float(lam), unary, int(batch_size))
+
+    def compute() -> SensitivityResult:
+        from npdg.sensitivity import probe
+
+        images, _ = domain_stack(idx, doms, split=split, size=tuple(size))
+        with engine():
+            model = shared_model(model_path)
+            device = next(model.parameters()).device
+            result = probe(model, images.to(device), None, n_styles=len(doms), lam=lam, unary=unary,
+                           batch_size=batch_size, progress=progress)
+        return SensitivityResult(result.table, {**result.meta, "oracle_domains": list(doms), "split": split})
+
+    return _copy(_PROBES.get(key, compute))
+
+
+def recombine(result: SensitivityResult, lam: float) -> SensitivityResult:
+    """The same statistics mixed with another λ: ``w = λ·w^U + (1 − λ)·w^B`` (no forward pass)."""
+    return _recombine(result, lam)
+
+
+def layer_summary(result: SensitivityResult) -> pd.DataFrame:
+    """One row per layer (kind, size, mean/max scores, mean |γ|), in model order."""
+    return result.layers
+
+
+def rank_agreement(a: SensitivityResult, b: SensitivityResult, column: str = "combined") -> pd.DataFrame:
+    """Per layer, Spearman's rank correlation of ``column`` between two tables of the same model:
+    columns ``layer, kind, size, spearman`` (NaN for a layer constant in either table)."""
+    key = ["layer", "unit"]
+    m = a.table[key + ["kind", column]].merge(b.table[key + [column]], on=key, suffixes=("_a", "_b"))
+    if len(m) != len(a.table) or len(m) != len(b.table):
+        raise DataError("the two sensitivity tables cover different units (computed on different models?)")
+    rows = []
+    for layer, g in m.groupby("layer", sort=False):
+        ra, rb = g[f"{column}_a"].rank(), g[f"{column}_b"].rank()
+        rho = float(np.corrcoef(ra, rb)[0, 1]) if len(g) > 1 and ra.std() > 0 and rb.std() > 0 else float("nan")
+        rows.append({"layer": layer, "kind": g["kind"].iloc[0], "size": len(g), "spearman": rho})
+    return pd.DataFrame(rows, columns=["layer", "kind", "size", "spearman"])
+
+
+__all__ = ["DEFAULT_SIZE", "layer_summary", "load_table", "probe_dsp", "probe_oracle", "rank_agreement", "recombine",
+           "run_tables"]

@@ -1,0 +1,75 @@
+"""Plan cost from the plan alone (npdg.pruning.cost): equals the physically pruned model, touches nothing."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from npdg.cost import count_flops, count_params
+from npdg.errors import ConfigError
+from npdg.models import build_model
+from npdg.models.gates import add_head_gates
+from npdg.pruning import cost as plan_cost_mod
+from npdg.pruning.cost import plan_cost, plan_hash
+from npdg.pruning.physical import prune_model
+from npdg.pruning.selection import select
+
+SIZE = (64, 128)
+
+
+def _randomize(model, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.copy_(torch.rand(m.num_features, generator=gen))
+            if hasattr(m, "head_gate"):
+                m.head_gate.copy_(torch.rand(m.head_gate.numel(), generator=gen))
+    return model
+
+
+@pytest.mark.parametrize("arch,encoder,gates,device", [
+    ("deeplabv3plus", "resnet18", False, "meta"),
+    ("segformer", "mit_b0", True, "cpu"),  # smp's MiT cannot be built on meta: counted on the CPU
+])
+def test_plan_cost_equals_pruned_model_and_leaves_the_model_alone(arch, encoder, gates, device):
+    torch.manual_seed(0)
+    model = build_model(arch, encoder, 19).eval()
+    if gates:
+        add_head_gates(model)
+    _randomize(model)
+    plan = select(model, rate=0.3)
+    before = copy.deepcopy(model.state_dict())
+    params_before = [id(p) for p in model.parameters()]
+    plan_cost_mod.clear_cache()
+    cost = plan_cost(model, plan, SIZE)
+    assert cost.device == device
+    assert [id(p) for p in model.parameters()] == params_before and not hasattr(model, "pruning_plan")
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    pruned = prune_model(model, plan)
+    assert cost.gflops == pytest.approx(count_flops(pruned, SIZE) / 1e9, rel=1e-9)
+    assert cost.params == count_params(pruned)
+    dense = build_model(arch, encoder, 19)
+    assert cost.dense_gflops == pytest.approx(count_flops(dense, SIZE) / 1e9, rel=1e-9)
+    assert cost.dense_params == count_params(dense)
+    assert 0 < cost.gflops_ratio < 1 and 0 < cost.params_ratio < 1
+    # a pruned model carries its plan: its own cost is the plan's cost, and the spec alone gives the dense one
+    again = plan_cost(pruned, None, SIZE)
+    assert (again.gflops, again.params) == (cost.gflops, cost.params)
+    assert plan_cost(model.spec, None, SIZE).gflops == cost.dense_gflops
+
+
+def test_plan_cost_is_cached_and_refuses_other_architectures(monkeypatch):
+    model = _randomize(build_model("deeplabv3plus", "resnet18", 4).eval())
+    plan = select(model, rate=0.2)
+    plan_cost_mod.clear_cache()
+    first = plan_cost(model, plan, SIZE)
+    calls = []
+    monkeypatch.setattr(plan_cost_mod, "count_flops", lambda *a: calls.append(a) or 0.0)
+    assert plan_cost(model, plan, SIZE) == first and not calls  # cache hit: nothing counted again
+    assert plan_hash(plan) == plan_hash(select(model, rate=0.2)) != plan_hash(select(model, rate=0.3))
+    with pytest.raises(ConfigError, match="resnet50"):
+        plan_cost(build_model("deeplabv3plus", "resnet50", 4), plan, SIZE)
