@@ -66,3 +66,17 @@ def test_plan_for_other_arch_is_refused():
     plan = select(randomize_gamma(r18), rate=0.3)
     with pytest.raises(ConfigError, match="resnet50"):
         prune_model(build_model("deeplabv3plus", "resnet50", 3), plan)
+
+
+def test_a_frozen_model_can_be_selected_and_pruned():
+    """The dashboard shares frozen models (requires_grad off); torch-pruning's tracer needs autograd."""
+    import npdg.models.units as units
+
+    units._GROUP_CACHE.clear()  # trace this model, not a cached graph of an earlier one
+    model = randomize_gamma(build_model("deeplabv3plus", "resnet18", 3).eval())
+    for p in model.parameters():
+        p.requires_grad_(False)
+    plan = select(model, rate=0.3)
+    pruned = prune_model(model, plan)
+    assert plan.num_pruned["filter"] > 0 and count_params(pruned) < count_params(model)
+    assert not any(p.requires_grad for p in model.parameters())  # the caller's flags are kept

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from npdg.errors import ConfigError
@@ -92,15 +91,18 @@ def _load_inputs(args: argparse.Namespace, size) -> list[tuple[torch.Tensor, tor
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
+    from npdg.config import parse_size
     from npdg.data.io import write_png
-    from npdg.data.transforms import parse_size
-    from npdg.dsp.model import DSP, style_ce
-    from npdg.viz import grid, to_uint8_image
+    from npdg.dsp.explore import style_grid
+    from npdg.dsp.model import DSP
+    from npdg.viz import grid
 
     if args.n_styles < 1:
         raise ConfigError(f"--n-styles must be at least 1, got {args.n_styles}")
     if args.steps < 0:
         raise ConfigError(f"--steps must be >= 0, got {args.steps}")
+    if args.out.exists() and args.out.is_file() and args.out.suffix.lower() != ".png":
+        raise ConfigError(f"--out {args.out} is a file; give grid.png or a folder")
     dsp = DSP.load(args.dsp)
     size = parse_size(args.size) if args.size else (None if args.image else dsp.spec.image_size)
     items = _load_inputs(args, size)
@@ -109,40 +111,24 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         from npdg.pruning.physical import load_model
 
         segmentor = load_model(args.ascend_with).eval()
-    gen = torch.Generator().manual_seed(args.seed)
-    k = args.n_styles
-    rows: list[list[np.ndarray]] = []
-    titles: list[str] = []
-    for idx, (image, label) in enumerate(items):
-        x = image[None]
-        eps = dsp.sample_eps(k, generator=gen)
-        with torch.no_grad():
-            styled = dsp.stylize(x, eps, alpha=args.alpha)
-        row = [to_uint8_image(image)] + [to_uint8_image(s) for s in styled]
-        names = ["input"] + [f"style {j}" for j in range(k)]
-        if segmentor is not None:
-            if label is None:
-                with torch.no_grad():
-                    label = segmentor(x).argmax(1)[0]
-            labels = label[None]
-            asc = dsp.ascend(x, labels, segmentor, eps, steps=args.steps, step_size=args.step_size, rule=args.rule)
-            with torch.no_grad():
-                asc_img = dsp.stylize(x, asc, alpha=args.alpha)
-            before = style_ce(dsp, x, labels, segmentor, eps).mean().item()
-            after = style_ce(dsp, x, labels, segmentor, asc).mean().item()
-            print(f"image {idx}: segmentor CE {before:.3f} (random styles) -> {after:.3f} (after {args.steps} ascent steps)")
-            row += [to_uint8_image(s) for s in asc_img]
-            names += [f"ascended {j}" for j in range(k)]
-        rows.append(row)
+    rows, titles, ncols = [], [], 0
+    for idx, (image, label) in enumerate(items):  # one call per image: image files may differ in size
+        g = style_grid(dsp, image[None], None if label is None else label[None], segmentor, args.n_styles,
+                       args.steps if segmentor is not None else 0, step_size=args.step_size, rule=args.rule,
+                       seed=args.seed + idx, alpha=args.alpha)
+        if g.ascended is not None:
+            print(f"image {idx}: segmentor CE {float(g.ce_before.mean()):.3f} (random styles) -> "
+                  f"{float(g.ce_after.mean()):.3f} (after {args.steps} ascent steps)")
+        tiles, names, ncols = g.tiles()
+        rows.append(tiles)
         titles += names
-    tiles = [t for row in rows for t in row]
-    picture = grid(tiles, len(rows[0]), titles)
+    picture = grid([t for row in rows for t in row], ncols, titles)
     out: Path = args.out
     if out.suffix.lower() == ".png":
         write_png(out, picture)
-        print(f"wrote {out} ({len(rows)} images x {len(rows[0])} columns)")
+        print(f"wrote {out} ({len(rows)} images x {ncols} columns)")
         return 0
-    out.mkdir(parents=True, exist_ok=True)
+    k = args.n_styles
     write_png(out / "grid.png", picture)
     for i, row in enumerate(rows):
         write_png(out / f"{i:03d}_input.png", row[0])

@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from npdg.dsp.model import ASCENT_RULES, DEFAULT_STEP_SIZE, DSP, _frozen, per_sample_ce
+from npdg.dsp.model import ASCENT_RULES, DEFAULT_STEP_SIZE, DSP, _frozen, style_ce
 from npdg.errors import ConfigError
 from npdg.viz import to_uint8_image
 
@@ -60,14 +60,8 @@ def _pseudo_labels(segmentor: nn.Module, images: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def _ce(dsp: DSP, images: torch.Tensor, labels: torch.Tensor, segmentor: nn.Module, eps: torch.Tensor,
         alpha: float | None) -> torch.Tensor:
-    """Per-sample CE of ``segmentor`` on ``dsp.stylize(images, eps, alpha)`` (labels repeated K times).
-
-    :func:`npdg.dsp.model.style_ce` with the style strength ``alpha`` passed on.
-    """
-    with _frozen(segmentor):
-        out = dsp.stylize(images, eps, alpha=alpha)
-        k = out.shape[0] // images.shape[0]
-        return per_sample_ce(segmentor(out), labels.repeat_interleave(k, dim=0)).float().cpu()
+    """Per-sample CE of ``segmentor`` on ``dsp.stylize(images, eps, alpha)`` (labels repeated K times)."""
+    return style_ce(dsp, images, labels, segmentor, eps, alpha=alpha).float().cpu()
 
 
 def _check_inputs(dsp: DSP, images: torch.Tensor, labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:

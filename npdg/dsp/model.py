@@ -337,12 +337,13 @@ def per_sample_ce(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int 
 
 
 def style_ce(
-    dsp: DSP, images: torch.Tensor, labels: torch.Tensor, segmentor: nn.Module, eps: torch.Tensor
+    dsp: DSP, images: torch.Tensor, labels: torch.Tensor, segmentor: nn.Module, eps: torch.Tensor,
+    alpha: float | None = None,
 ) -> torch.Tensor:
-    """Per-sample CE of ``segmentor`` on ``dsp.stylize(images, eps)`` (no gradients; segmentor in
-    eval mode, restored). Labels are repeated for the K styles of each image."""
+    """Per-sample CE of ``segmentor`` on ``dsp.stylize(images, eps, alpha)`` (no gradients; segmentor
+    in eval mode, restored). Labels are repeated for the K styles of each image."""
     with torch.no_grad(), _frozen(segmentor):
-        out = dsp.stylize(images, eps)
+        out = dsp.stylize(images, eps, alpha=alpha)
         k = out.shape[0] // images.shape[0]
         lab = _check_labels(labels, images).to(out.device).repeat_interleave(k, dim=0)
         return per_sample_ce(segmentor(out), lab)

@@ -173,6 +173,8 @@ def _analyse_groups(model: nn.Module, example_size: tuple[int, int]) -> tuple[Co
     """Build the dependency graph on a gate-free copy and collect the BN coupling groups."""
     work = copy.deepcopy(model)
     remove_head_gates(work, fold=False)
+    for p in work.parameters():  # the tracer follows autograd: a frozen (requires_grad=False) model has no graph
+        p.requires_grad_(True)
     graph = build_graph(work, example_size)
     bns = {layer.name: work.get_submodule(layer.name) for layer in unit_layers(work) if layer.kind == "filter"}
     classifier = _classifier_prefixes(work)

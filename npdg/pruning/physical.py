@@ -81,11 +81,18 @@ def prune_filters_(model: nn.Module, plan: PruningPlan) -> None:
     todo = [g for g in plan.groups if g.kind == "filter" and g.pruned]
     if not todo:
         return
-    graph = build_graph(model, plan.example_size)
-    for g in todo:
-        root = model.get_submodule(g.root)
-        group = graph.get_pruning_group(root, tp.prune_batchnorm_out_channels, list(g.pruned))
-        group.prune()
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:  # the tracer follows autograd: trace a frozen model as if it were trainable
+        p.requires_grad_(True)
+    try:
+        graph = build_graph(model, plan.example_size)
+        for g in todo:
+            root = model.get_submodule(g.root)
+            group = graph.get_pruning_group(root, tp.prune_batchnorm_out_channels, list(g.pruned))
+            group.prune()
+    finally:
+        for p, flag in zip(model.parameters(), (f for _, f in flags)):
+            p.requires_grad_(flag)
 
 
 def prune_model(model: nn.Module, plan: PruningPlan, *, inplace: bool = False) -> nn.Module:

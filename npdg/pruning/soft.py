@@ -74,6 +74,8 @@ class SoftMasked(nn.Module):
         plan.check_model(model)
         self.model = model
         self.plan = plan
+        #: The wrapped model's class count (what ``npdg.evaluate`` sizes its confusion matrix by).
+        self.num_classes = getattr(model, "num_classes", None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return soft_forward(self.model, self.plan, x)
