@@ -25,6 +25,7 @@ from torch import nn
 
 from npdg.errors import ConfigError, DataError
 from npdg.labels import CLASS_NAMES, IGNORE, NUM_CLASSES
+from npdg.models.hooks import hooked, run_batches
 from npdg.sensitivity import probe_layers
 from npdg.viz import to_uint8_image
 
@@ -108,25 +109,16 @@ def activation_atlas(
     module = model.get_submodule(layer)
     col = _Collector(unit.kind, unit.size)
     device = next(model.parameters()).device
-    handles = []
-    was_training = model.training
+    handles: list = []
     total = math.ceil(n / int(batch_size))
-    try:
+    with hooked(model, handles):
         if unit.kind == "head":
             handles.append(module.register_forward_pre_hook(col.attn_pre_hook))
             handles.append(module.proj.register_forward_pre_hook(col.proj_pre_hook))  # after any gate hook
         else:
             handles.append(module.register_forward_hook(col.bn_hook))
-        model.eval()
-        with torch.no_grad():
-            for i, start in enumerate(range(0, n, int(batch_size))):
-                model(images[start:start + int(batch_size)].to(device, torch.float32))
-                if progress is not None:
-                    progress(i + 1, total)
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
+        batches = (images[s:s + int(batch_size)].float() for s in range(0, n, int(batch_size)))
+        run_batches(model, batches, device, total, progress)
     if not col.rows:
         raise DataError(f"layer {layer!r} never ran during the forward pass (is it used?)")
     mx = np.concatenate([r[0] for r in col.rows])  # [N, C]

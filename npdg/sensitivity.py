@@ -37,6 +37,7 @@ from npdg.config import DEFAULT_LAMBDA, UNARY_MODES, check_unit_interval
 from npdg.errors import ConfigError, DataError
 from npdg.models import SegModel
 from npdg.models.gates import GATE_PARAM, attention_modules
+from npdg.models.hooks import hooked, run_batches
 from npdg.models.units import UnitLayer, unit_layers, unit_table
 from npdg.runs import atomic_write, atomic_write_text
 
@@ -420,19 +421,9 @@ def probe(
     device = _model_device(model)
     n_img = images.shape[0] if dsp is not None else images.shape[0] // n_styles
     total = math.ceil(n_img / batch_size)
-    was_training = model.training
     stats, handles = _attach(model, layers, int(n_styles))
-    try:
-        model.eval()
-        with torch.no_grad():
-            for i, batch in enumerate(_styled_batches(images, dsp, int(n_styles), int(batch_size), seed)):
-                model(batch.to(device))
-                if progress is not None:
-                    progress(i + 1, total)
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
+    with hooked(model, handles):
+        run_batches(model, _styled_batches(images, dsp, int(n_styles), int(batch_size), seed), device, total, progress)
     groups = _groups(model) if with_groups else None
     table = build_table(stats, layers, model, float(lam), unary, groups)
     spec = getattr(model, "spec", None)
