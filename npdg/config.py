@@ -47,6 +47,8 @@ UNARY_MODES: tuple[str, ...] = ("share", "raw")
 DEFAULT_LAMBDA = 0.4
 #: Pruning rate r (docs/method.md §5): the paper's best value. The one place it is written.
 DEFAULT_RATE = 0.3
+#: Which units a prune may remove (``prune.units``): all, BN filters only, or attention heads only.
+UNIT_CHOICES: tuple[str, ...] = ("all", "filters", "heads")
 #: Default source: the embedded synthetic source domain (``npdg.data.specs``).
 DEFAULT_SOURCE = "synthetic"
 #: Largest input size (H·W pixels) a cost/latency report accepts: 4096×4096, 16 times a 1024×1024
@@ -243,6 +245,8 @@ class PruneConfig:
     cost_repeats: int = num(5, 1)
     #: Seed of the random criterion.
     seed: int = num(0, 0)
+    #: Which units may be pruned: all, filters (BN channels) or heads (MiT attention heads).
+    units: str = choice("all", UNIT_CHOICES)
     #: DSP folder for sparse training and fine-tuning: ``auto`` (the shipped demo DSP when present),
     #: a path, or None (plain CE).
     dsp: str | None = "auto"

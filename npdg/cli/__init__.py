@@ -1,7 +1,7 @@
 """Command-line interface: ``python -m npdg <command> ...``.
 
 One module per command group (:mod:`.data`, :mod:`.dsp`, :mod:`.train` with ``runs``, :mod:`.eval`,
-:mod:`.sensitivity`, :mod:`.prune`, :mod:`.cost`); each parses, calls one engine or recipe
+:mod:`.sensitivity`, :mod:`.prune`, :mod:`.cost`, :mod:`.zoo`); each parses, calls one engine or recipe
 function, and prints. Each contributes its sub-commands through ``register(subparsers)``, adding
 parsers whose ``func`` attribute is called with the parsed namespace and returns an exit code.
 Errors caused by the user's input (:class:`npdg.errors.NpdgError`) print one clear line and exit 2
@@ -14,11 +14,11 @@ import argparse
 import sys
 
 from npdg import __version__
-from npdg.cli import cost, data, dsp, eval, prune, sensitivity, train
+from npdg.cli import cost, data, dsp, eval, prune, sensitivity, train, zoo
 from npdg.cli.common import dispatch
 
 #: Command modules, in the order their commands are listed in --help.
-COMMAND_MODULES = (data, dsp, train, eval, sensitivity, prune, cost)
+COMMAND_MODULES = (data, dsp, train, eval, sensitivity, prune, cost, zoo)
 
 
 class _Parser(argparse.ArgumentParser):

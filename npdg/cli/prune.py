@@ -17,7 +17,7 @@ import argparse
 from pathlib import Path
 
 from npdg.cli.common import add_command, add_device_option, progress_bar, run_command
-from npdg.config import DEFAULT_RATE, PruneConfig, parse_size
+from npdg.config import DEFAULT_RATE, UNIT_CHOICES, PruneConfig, parse_size
 from npdg.recipes.modes import cli_criteria
 
 
@@ -43,6 +43,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--cost-size", default="512x1024", metavar="HxW", help="input size for the cost report")
     p.add_argument("--cost-repeats", type=int, default=5, metavar="N", help="timed forwards per latency (median)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random criterion")
+    p.add_argument("--units", choices=UNIT_CHOICES, default="all",
+                   help="which units may be pruned: all (default), filters (BN channels) or heads (MiT attention)")
     add_device_option(p)
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing --out folder (only one npdg made, never one holding the source run)")
@@ -59,7 +61,7 @@ def prune_config(args: argparse.Namespace) -> PruneConfig:
         criterion=args.criterion, rate=rate, threshold=threshold, sparse_iters=args.sparse_iters,
         finetune_iters=args.finetune_iters, lambda_s=args.lambda_s, lr=args.lr, round_to=args.round_to,
         max_layer_ratio=args.max_layer_ratio, cost_size=parse_size(args.cost_size), cost_repeats=args.cost_repeats,
-        seed=args.seed, dsp=dsp,
+        seed=args.seed, units=args.units, dsp=dsp,
     )
 
 

@@ -36,7 +36,7 @@ from torch import nn
 from npdg.config import DEFAULT_RATE
 from npdg.errors import ConfigError, DataError
 from npdg.models.gates import attention_modules, head_dim
-from npdg.models.units import CouplingGroup, coupling_groups, head_group_ids, unit_layers
+from npdg.models.units import KINDS, CouplingGroup, coupling_groups, head_group_ids, unit_layers
 from npdg.runs import atomic_write_text
 
 #: How units are ranked (lowest first). Criterion names (npdg, slimming, ...) map onto these in
@@ -318,18 +318,19 @@ def _rounded(n_prune: int, cand: _Candidate) -> int:
     return cand.size - max(cand.min_keep, min(cand.size, keep))
 
 
-def _collect(model, score, round_to, max_layer_ratio, example_size, seed, scores=None) -> list[_Candidate]:
+def _collect(model, score, round_to, max_layer_ratio, example_size, seed, scores=None,
+             kinds=KINDS) -> list[_Candidate]:
     rng = np.random.default_rng(seed)
     cands = []
     for g in coupling_groups(model, example_size):
-        if not g.prunable:
+        if not g.prunable or "filter" not in kinds:
             continue
         min_keep, step = _limits(g.size, "filter", round_to, max_layer_ratio)
         cands.append(_Candidate(g.gid, g.root, "filter", g.size, _group_scores(model, g, score, rng, scores), min_keep,
                                 step))
     head_ids = head_group_ids(model, example_size)
     for name, attn in attention_modules(model).items():
-        if attn.num_heads < 2:
+        if attn.num_heads < 2 or "head" not in kinds:
             continue
         cands.append(_Candidate(head_ids[name], name, "head", int(attn.num_heads), _head_scores(name, attn, score, rng, scores), 1, 1))
     return cands
@@ -392,6 +393,7 @@ def select(
     max_layer_ratio: float = 0.9,
     example_size: tuple[int, int] = (64, 64),
     seed: int = 0,
+    kinds: tuple[str, ...] = KINDS,
 ) -> PruningPlan:
     """Choose the units to prune; returns a :class:`PruningPlan` (nothing is modified).
 
@@ -399,7 +401,8 @@ def select(
     ``l1norm``, ``random``, or ``scores`` with ``scores`` given — a mapping layer name → per-unit
     values (e.g. ``SensitivityResult.weights()``, negated to prune the most sensitive units first);
     such a plan is a *proxy* criterion, not NPDG. ``label`` is the criterion name recorded in the
-    plan (default: ``score``). Threshold mode prunes units scoring below ``threshold``, capped at
+    plan (default: ``score``). ``kinds`` limits the candidates to filters and/or heads (``("head",)``
+    prunes only the attention heads of a SegFormer). Threshold mode prunes units scoring below ``threshold``, capped at
     ``rate`` (a threshold above every score prunes exactly ``rate``, and the note says so). Raises
     :class:`ConfigError` for bad arguments and :class:`DataError` when the model has no prunable unit.
     """
@@ -417,7 +420,9 @@ def select(
         raise ConfigError(f"max_layer_ratio must be in (0, 1], got {max_layer_ratio!r}")
     if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
         raise ConfigError(f"round_to must be an integer ≥ 1, got {round_to!r}")
-    cands = _collect(model, score, round_to, max_layer_ratio, tuple(example_size), seed, scores)
+    if not kinds or set(kinds) - set(KINDS):
+        raise ConfigError(f"kinds must be a non-empty subset of {', '.join(KINDS)}, got {kinds!r}")
+    cands = _collect(model, score, round_to, max_layer_ratio, tuple(example_size), seed, scores, tuple(kinds))
     name = f"{getattr(model, 'arch', type(model).__name__)}/{getattr(model, 'encoder', '')}"
     if not cands:
         raise DataError(f"the {name} model has no prunable units (no BN coupling group can be pruned exactly, no multi-head attention)")

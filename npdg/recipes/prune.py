@@ -28,6 +28,8 @@ from npdg.runs import atomic_write_json, prepare_run_dir
 from npdg.train import train as train_loop
 
 #: The demo DSP shipped in the repository (``prune.dsp: auto`` uses it when present).
+#: ``prune.units`` → the unit kinds selection may take.
+UNIT_KINDS = {"all": ("filter", "head"), "filters": ("filter",), "heads": ("head",)}
 DEFAULT_DSP = Path(__file__).resolve().parents[2] / "assets" / "dsp_tiny"
 SPARSE_DIR = "sparse"
 
@@ -110,7 +112,7 @@ def prune_run(run_dir: str | Path, out_dir: str | Path, prune: PruneConfig | Non
     dense = load_model(source)
     threshold = p.threshold
     plan = select(dense, score=crit.score, label=p.criterion, rate=p.rate, threshold=threshold, round_to=p.round_to,
-                  max_layer_ratio=p.max_layer_ratio, seed=p.seed)
+                  max_layer_ratio=p.max_layer_ratio, seed=p.seed, kinds=UNIT_KINDS[p.units])
     if plan.note:
         warnings.append(plan.note)
         log("note: " + plan.note)

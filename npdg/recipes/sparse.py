@@ -20,7 +20,8 @@ def sparse_modes() -> list[str]:
 
 def sparse_train(run_dir: str | Path, out_dir: str | Path, criterion: str, iters: int, dsp_dir: str | Path | None,
                  lambda_s: float, refresh: int = 4, lam: float | None = None, device: str = "auto",
-                 progress: Callable | None = None, *, overwrite: bool = False, evaluate: bool = False,
+                 progress: Callable | None = None, *, overwrite: bool = False, resume: bool = False,
+                 evaluate: bool = False,
                  overrides: Sequence[str] = (), log: Callable[[str], None] | None = None) -> Path:
     """Sparse-train the weights of ``run_dir`` for ``iters`` iterations into the run dir ``out_dir``.
 
@@ -28,7 +29,8 @@ def sparse_train(run_dir: str | Path, out_dir: str | Path, criterion: str, iters
     training mode: slimming | npdg | npdg_unary | npdg_binary), ``iters``, ``dsp_dir``, ``lambda_s``,
     ``refresh`` and ``lam`` (None → the run's ``sparsity.lam``) replace the corresponding keys,
     ``overrides`` (``section.key=value``) anything else. Returns ``out_dir`` (its
-    ``model.safetensors`` holds the sparse weights, head gates folded).
+    ``model.safetensors`` holds the sparse weights, head gates folded). ``resume`` continues an
+    interrupted ``out_dir`` from its last checkpoint.
     """
     if criterion not in sparse_modes():
         raise ConfigError(f"sparse-training criterion must be one of {', '.join(sparse_modes())}, got {criterion!r}")
@@ -47,8 +49,8 @@ def sparse_train(run_dir: str | Path, out_dir: str | Path, criterion: str, iters
     )
     cfg = apply_overrides(cfg, list(overrides))
     model = load_model(run_dir)
-    train(cfg, out_dir, overwrite=overwrite, device=device, model=model, progress=progress, evaluate_at_end=evaluate,
-          log=log)
+    train(cfg, out_dir, overwrite=overwrite, resume=resume, device=device, model=model, progress=progress,
+          evaluate_at_end=evaluate, log=log)
     return Path(out_dir)
 
 

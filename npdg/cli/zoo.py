@@ -1,0 +1,73 @@
+"""``python -m npdg zoo``: the demo model zoo in ``assets/zoo/`` — build, list, verify.
+
+Examples::
+
+    python -m npdg zoo list
+    python -m npdg zoo build                 # every model not shipped yet, resumable model by model
+    python -m npdg zoo build r18-erm r18-dsp --device cuda
+    python -m npdg zoo verify --eval 20      # files, SHA-256, plan replay, mIoU against the cards
+
+How each model is made is the table in ``npdg/recipes/zoo.py``; ``assets/README.md`` shows the cards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from npdg.cli.common import add_command, add_device_option
+from npdg.errors import ConfigError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = add_command(subparsers, "zoo", "the demo model zoo: build, list, verify", __doc__)
+    sub = p.add_subparsers(dest="zoo_command", metavar="ACTION", required=True)
+    b = sub.add_parser("build", help="train and ship zoo models (resumable)")
+    b.add_argument("names", nargs="*", help="models to build (default: all not shipped yet)")
+    b.add_argument("--work", type=Path, default=None, help="folder of the training runs (default runs/zoo)")
+    b.add_argument("--force", action="store_true", help="rebuild shipped models too")
+    add_device_option(b)
+    b.set_defaults(func=_build)
+    ls = sub.add_parser("list", help="one line per zoo model")
+    ls.add_argument("--json", action="store_true", help="print JSON records")
+    ls.set_defaults(func=_list)
+    v = sub.add_parser("verify", help="check the shipped files against their cards")
+    v.add_argument("names", nargs="*", help="models to check (default: all shipped)")
+    v.add_argument("--eval", type=int, default=0, metavar="N", help="also re-measure mIoU on N scenes per domain (20 or 50)")
+    v.add_argument("--tolerance", type=float, default=0.005, help="allowed absolute mIoU difference (default 0.005)")
+    v.set_defaults(func=_verify)
+
+
+def _build(args: argparse.Namespace) -> int:
+    from npdg.recipes.zoo import WORK_DIR, build
+
+    args.resume_hint = "python -m npdg zoo build (it continues where it stopped)"
+    done = build(args.names or None, work=args.work or WORK_DIR, device=args.device, force=args.force)
+    print(f"built {len(done)} model(s): {', '.join(p.name for p in done) or 'none (all shipped)'}")
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    from npdg.recipes.zoo import zoo_table
+
+    t = zoo_table()
+    if args.json:
+        print(json.dumps(json.loads(t.to_json(orient="records")), indent=2))
+        return 0
+    cols = [c for c in ("name", "kind", "parent", "shipped", "source", "heldout", "suburb", "gflops", "params_m", "mb")
+            if c in t.columns]
+    print(t[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}", na_rep="-"))
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from npdg.recipes.zoo import verify
+
+    if args.eval < 0 or args.tolerance < 0:
+        raise ConfigError(f"--eval and --tolerance must be >= 0, got {args.eval}, {args.tolerance}")
+    problems = verify(args.names or None, eval_scenes=args.eval, tolerance=args.tolerance)
+    for p in problems:
+        print(f"problem: {p}")
+    print("zoo verify: " + ("ok" if not problems else f"{len(problems)} problem(s)"))
+    return 0 if not problems else 1
