@@ -64,8 +64,11 @@ def test_list_and_verify(tiny_zoo, capsys):
     assert zoo.verify(["r18-npdg"], eval_scenes=1, log=lambda m: None) == []  # re-measured against the card
     t = zoo.zoo_table()
     assert t["shipped"].all() and (t["heldout"] >= 0).all()
-    (zoo.ZOO_DIR / "r18-erm" / "config.yaml").write_text("tampered: true\n")
-    assert any("differs from its card" in p for p in zoo.verify(["r18-erm"], log=lambda m: None))
+    cfg = zoo.ZOO_DIR / "r18-npdg-sparse" / "config.yaml"
+    original = cfg.read_bytes()
+    cfg.write_text("tampered: true\n")
+    assert any("differs from its card" in p for p in zoo.verify(["r18-npdg-sparse"], log=lambda m: None))
+    cfg.write_bytes(original)
     assert main(["zoo", "list"]) == 0 and "r18-npdg" in capsys.readouterr().out
 
 
@@ -74,3 +77,21 @@ def test_unknown_and_missing_models_are_named():
 
     with pytest.raises(DataError, match="unknown zoo model"):
         zoo.zoo_path("r99")
+
+
+def test_service_lists_the_zoo_and_shares_models(tiny_zoo):
+    from npdg.service import zoo as svc
+
+    listing = svc.zoo_models()
+    assert not listing.problems and set(listing.table["name"]) >= {"r18-erm", "r18-npdg"}
+    card = svc.zoo_card("r18-npdg")
+    card["name"] = "changed"
+    assert svc.zoo_card("r18-npdg")["name"] == "r18-npdg"  # callers get copies
+    assert svc.zoo_model("r18-npdg") is svc.zoo_model("r18-npdg")  # loaded once per process
+
+
+def test_cli_accepts_zoo_models(tiny_zoo, capsys, tmp_path):
+    assert main(["cost", "--run", "zoo:r18-npdg", "--size", "32x64", "--batches", ""]) == 0
+    assert main(["eval", "--run", "zoo:r18-erm", "--data", "source", "--limit", "1", "--no-progress"]) == 0
+    assert not (zoo.ZOO_DIR / "r18-erm" / "eval").exists()  # nothing is written into the shipped zoo
+    assert main(["cost", "--run", "zoo:r99"]) == 2 and "unknown zoo model" in capsys.readouterr().err

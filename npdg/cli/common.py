@@ -88,3 +88,24 @@ def run_command(register, name: str, argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m npdg")
     register(parser.add_subparsers(dest="command", required=True))
     return dispatch(parser.parse_args([name, *(argv or [])]))
+
+
+#: ``--run zoo:NAME`` (or ``--checkpoint``, ``--ascend-with``) names a shipped zoo model.
+ZOO_PREFIX = "zoo:"
+ZOO_HELP = "; zoo:NAME for a shipped zoo model (python -m npdg zoo list)"
+
+
+def model_arg(value: Path | None) -> Path | None:
+    """Resolve a model argument: ``zoo:NAME`` → ``assets/zoo/NAME`` (DataError if not shipped), else as given."""
+    if value is None or not str(value).startswith(ZOO_PREFIX):
+        return value
+    from npdg.recipes.zoo import zoo_path
+
+    return zoo_path(str(value)[len(ZOO_PREFIX):])
+
+
+def is_shipped(path: Path | None) -> bool:
+    """Whether ``path`` lies in the shipped zoo (read-only: npdg never writes there after a build)."""
+    from npdg.recipes.zoo import ZOO_DIR
+
+    return path is not None and Path(path).resolve().is_relative_to(ZOO_DIR.resolve())

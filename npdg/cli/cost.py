@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from npdg.cli.common import add_command, add_device_option, add_model_source_options, run_command
+from npdg.cli.common import ZOO_HELP, add_command, add_device_option, add_model_source_options, model_arg, run_command
 from npdg.config import check_pixels, parse_size
 from npdg.errors import ConfigError
 
@@ -32,7 +32,7 @@ def _batches(text: str) -> tuple[int, ...]:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = add_command(subparsers, "cost", "FLOPs, parameters and measured latency of a model", __doc__)
-    add_model_source_options(p, run_help="a run directory (DIR/model.safetensors)", checkpoint_first=True)
+    add_model_source_options(p, run_help="a run directory (DIR/model.safetensors)" + ZOO_HELP, checkpoint_first=True)
     p.add_argument("--size", default="512x1024", metavar="HxW", help="input size (default 512x1024; at most 4096x4096 pixels)")
     p.add_argument("--batches", default="1,8", metavar="B,B", help="batch sizes to time (default 1,8; empty: no timing)")
     p.add_argument("--warmup", type=int, default=3, metavar="N", help="untimed warm-up forwards (default 3)")
@@ -54,7 +54,7 @@ def run_cost(args: argparse.Namespace) -> int:
     size = check_pixels("--size", parse_size(args.size))
     if args.warmup < 0 or args.repeats < 1:
         raise ConfigError(f"--warmup must be >= 0 and --repeats >= 1, got {args.warmup}, {args.repeats}")
-    path = resolve_model_path(args.checkpoint or args.run)
+    path = resolve_model_path(model_arg(args.checkpoint) or model_arg(args.run))
     model = load_model(path, device=select_device(args.device))
     try:
         report = cost_report(model, size, batches=_batches(args.batches), warmup=args.warmup, repeats=args.repeats,

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from npdg.cli.common import model_arg
 from npdg.errors import ConfigError
 
 
@@ -110,7 +111,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     if args.ascend_with is not None:
         from npdg.pruning.physical import load_model
 
-        segmentor = load_model(args.ascend_with).eval()
+        segmentor = load_model(model_arg(args.ascend_with)).eval()
     rows, titles, ncols = [], [], 0
     for idx, (image, label) in enumerate(items):  # one call per image: image files may differ in size
         g = style_grid(dsp, image[None], None if label is None else label[None], segmentor, args.n_styles,

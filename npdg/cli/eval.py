@@ -16,7 +16,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from npdg.cli.common import add_command, add_device_option, add_model_source_options, progress_bar
+from npdg.cli.common import (
+    ZOO_HELP,
+    add_command,
+    add_device_option,
+    add_model_source_options,
+    is_shipped,
+    model_arg,
+    progress_bar,
+)
 from npdg.config import load_run_config, parse_size
 from npdg.errors import ConfigError, DataError
 from npdg.evaluate import AMP_CHOICES, MODES, PROTOCOLS, EvalResult, evaluate, get_protocol
@@ -24,7 +32,7 @@ from npdg.evaluate import AMP_CHOICES, MODES, PROTOCOLS, EvalResult, evaluate, g
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = add_command(subparsers, "eval", "evaluate a model: mIoU per domain and the mean over held-out targets", __doc__)
-    add_model_source_options(p, run_help="a run directory (uses DIR/model.safetensors)")
+    add_model_source_options(p, run_help="a run directory (uses DIR/model.safetensors)" + ZOO_HELP)
     p.add_argument("--data", action="append", required=True, metavar="SPEC",
                    help="'synthetic' (the embedded benchmark), a synthetic domain, or NAME:ROOT[@SPLIT_FILE] for a "
                         "real dataset, e.g. cityscapes:/data/cityscapes or gta5:/data/gta5@val.txt (a split file "
@@ -97,6 +105,7 @@ def run_eval(args: argparse.Namespace) -> int:
         raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.num_workers < 0:
         raise ConfigError(f"--num-workers must be >= 0, got {args.num_workers}")
+    args.run, args.checkpoint = model_arg(args.run), model_arg(args.checkpoint)
     if args.run is not None and not args.run.is_dir():
         raise DataError(f"run directory not found: {args.run}")
     if args.json is not None and args.json.is_dir():
@@ -125,7 +134,7 @@ def run_eval(args: argparse.Namespace) -> int:
         bar.close()
     print(format_table(result))
     out = args.json
-    if out is None and args.run is not None:
+    if out is None and args.run is not None and not is_shipped(args.run):  # never write into the shipped zoo
         out = args.run / "eval" / f"{protocol.name}_{args.split}.json"
     if out is not None:
         print(f"wrote {atomic_write_json(result.to_dict(), out)}")

@@ -16,14 +16,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from npdg.cli.common import add_command, add_device_option, progress_bar, run_command
+from npdg.cli.common import ZOO_HELP, add_command, add_device_option, model_arg, progress_bar, run_command
 from npdg.config import DEFAULT_RATE, UNIT_CHOICES, PruneConfig, parse_size
 from npdg.recipes.modes import cli_criteria
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = add_command(subparsers, "prune", "prune a trained model (npdg, slimming, l1norm, random) and fine-tune it", __doc__)
-    p.add_argument("--run", type=Path, required=True, metavar="DIR", help="the trained run directory to prune")
+    p.add_argument("--run", type=Path, required=True, metavar="DIR", help="the trained run directory to prune" + ZOO_HELP)
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="the new run directory")
     how = p.add_mutually_exclusive_group()
     how.add_argument("--rate", type=float, metavar="R", help=f"prune this fraction of the units (default {DEFAULT_RATE})")
@@ -70,7 +70,7 @@ def run_prune(args: argparse.Namespace) -> int:
 
     bar, update = progress_bar("prune", enabled=not args.no_progress)
     try:
-        result = prune_run(args.run, args.out, prune_config(args), device=args.device, overwrite=args.overwrite,
+        result = prune_run(model_arg(args.run), args.out, prune_config(args), device=args.device, overwrite=args.overwrite,
                            progress=lambda step, total, metrics=None: update(step, total))
     finally:
         bar.close()

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from npdg.cli.common import add_command, add_device_option, progress_bar
+from npdg.cli.common import ZOO_HELP, add_command, add_device_option, model_arg, progress_bar
 from npdg.config import DEFAULT_LAMBDA, UNARY_MODES, check_unit_interval
 from npdg.errors import ConfigError, DataError
 
@@ -25,7 +25,7 @@ from npdg.errors import ConfigError, DataError
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``sensitivity`` sub-command."""
     p = add_command(subparsers, "sensitivity", "per-unit style sensitivity (unary, binary, combined) of a trained model", __doc__)
-    p.add_argument("--run", type=Path, required=True, metavar="DIR", help="run directory (model.safetensors + config.yaml)")
+    p.add_argument("--run", type=Path, required=True, metavar="DIR", help="run directory (model.safetensors + config.yaml)" + ZOO_HELP)
     p.add_argument("--dsp", type=Path, required=True, metavar="DIR", help="trained DSP folder (dsp.json + dsp.safetensors)")
     p.add_argument("--out", type=Path, required=True, metavar="FILE", help="output table: .csv or .parquet")
     p.add_argument("--images", type=int, default=16, metavar="N", help="source images to probe (default 16)")
@@ -43,6 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _check_args(args: argparse.Namespace) -> None:
+    args.run = model_arg(args.run)
     if args.out.suffix.lower() not in (".csv", ".parquet"):
         raise ConfigError(f"--out must end in .csv or .parquet, got {args.out}")
     if args.images < 1:
