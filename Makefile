@@ -7,7 +7,7 @@ STAMP   := $(VENV)/.deps-stamp
 PORT    ?= 8501
 PYTEST_ARGS ?=
 
-.PHONY: setup app test lint bench clean-venv
+.PHONY: setup app test lint bench zoo clean-venv
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -29,6 +29,12 @@ lint: $(STAMP)
 test: $(STAMP) lint
 	@$(BIN)/python -m pytest -q $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: the suite is broken"; exit 1; fi; exit $$rc
+
+# The demo model zoo in assets/zoo (npdg/recipes/zoo.py): resumable model by model, so it can be spread
+# over several sittings; `make zoo DEVICE=cuda` on a GPU.
+DEVICE ?= auto
+zoo: $(STAMP)
+	$(BIN)/python -m npdg zoo build --device $(DEVICE)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_synthetic.py
