@@ -178,7 +178,7 @@ def test_batch_transform_dsp_mode_persists_and_resets():
     dsp = make_dsp()
     seg = TinySeg()
     images, labels = make_batch(2)
-    tf = DSPBatchTransform(dsp, mode="dsp", ascent_steps=1, step_size=0.5, reset_every=3, segmentor=seg)
+    tf = DSPBatchTransform(dsp, mode="ascend", ascent_steps=1, step_size=0.5, reset_every=3, segmentor=seg)
     x, y = tf(images, labels, step=1)
     assert x.shape == (4, 3, 32, 64) and torch.equal(x[:2], images)
     assert torch.equal(y, torch.cat([labels, labels]))
@@ -196,7 +196,7 @@ def test_batch_transform_dsp_mode_persists_and_resets():
 def test_batch_transform_random_mode():
     dsp = make_dsp()
     images, labels = make_batch(2)
-    tf = DSPBatchTransform(dsp, mode="dsp_random", seed=0)
+    tf = DSPBatchTransform(dsp, mode="random", seed=0)
     x1, _ = tf(images, labels, step=0)
     x2, _ = tf(images, labels, step=1)
     assert x1.shape == (4, 3, 32, 64) and not torch.equal(x1[2:], x2[2:])

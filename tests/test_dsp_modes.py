@@ -39,10 +39,10 @@ def test_dsp_modes_train_on_clean_plus_stylized(tmp_path, dsp_dir, mode):  # noq
 def test_dsp_mode_ascends_and_dsp_random_does_not(dsp_dir):  # noqa: F811
     cfg = _cfg(None, "dsp", f"dsp.path={dsp_dir}", "dsp.ascent_steps=2")
     model = Tiny()
-    t = dsp_batch_transform(cfg, model, "cpu", mode="dsp")
-    assert isinstance(t, DSPBatchTransform) and t.mode == "dsp" and t.ascent_steps == 2 and t.segmentor is model
-    r = dsp_batch_transform(cfg, model, "cpu", mode="dsp_random")
-    assert r.mode == "dsp_random" and r.ascent_steps == 0
+    t = dsp_batch_transform(cfg, model, "cpu", mode="ascend")
+    assert isinstance(t, DSPBatchTransform) and t.mode == "ascend" and t.ascent_steps == 2 and t.segmentor is model
+    r = dsp_batch_transform(cfg, model, "cpu", mode="random")
+    assert r.mode == "random" and r.ascent_steps == 0
 
 
 def test_dsp_modes_need_a_dsp():

@@ -372,23 +372,24 @@ class _frozen:
 # --------------------------------------------------------------------------------------------------
 # training-loop hook
 # --------------------------------------------------------------------------------------------------
-BATCH_MODES: tuple[str, ...] = ("dsp", "dsp_random")
+#: How a batch is stylized: ``ascend`` (persistent ε pushed by gradient ascent) or ``random`` (fresh ε).
+BATCH_MODES: tuple[str, ...] = ("ascend", "random")
 
 
 class DSPBatchTransform:
     """Batch hook for the segmentor's training loop: ``(images, labels, step)`` →
     ``(cat[clean, stylized], cat[labels, labels])``.
 
-    ``mode="dsp"`` keeps one persistent ε per batch slot, updated every call by ``ascent_steps``
+    ``mode="ascend"`` keeps one persistent ε per batch slot, updated every call by ``ascent_steps``
     steps of :meth:`DSP.ascend` against :attr:`segmentor` (set at construction or later as an
     attribute) and re-drawn from N(0, I) every ``reset_every`` calls (0 = never).
-    ``mode="dsp_random"`` draws fresh ε ~ N(0, I) every call, no ascent.
+    ``mode="random"`` draws fresh ε ~ N(0, I) every call, no ascent.
     """
 
     def __init__(
         self,
         dsp: DSP,
-        mode: str = "dsp",
+        mode: str = "ascend",
         ascent_steps: int = 1,
         step_size: float | None = None,
         reset_every: int = 10,
@@ -414,7 +415,7 @@ class DSPBatchTransform:
 
     def _slot_eps(self, b: int, step: int) -> torch.Tensor:
         """ε for ``b`` batch slots: kept from the last call unless a reset is due."""
-        reset = self.eps is None or self.mode == "dsp_random" or (self.reset_every > 0 and step % self.reset_every == 0)
+        reset = self.eps is None or self.mode == "random" or (self.reset_every > 0 and step % self.reset_every == 0)
         if reset:
             self.eps = self.dsp.sample_eps(b, generator=self.generator)
         elif self.eps.shape[0] < b:  # a larger batch than before: new slots get fresh codes
@@ -427,9 +428,9 @@ class DSPBatchTransform:
             self.dsp.to(images.device)
         b = images.shape[0]
         eps = self._slot_eps(b, int(step))
-        if self.mode == "dsp" and self.ascent_steps > 0:
+        if self.mode == "ascend" and self.ascent_steps > 0:
             if self.segmentor is None:
-                raise ConfigError("DSP mode 'dsp' needs the segmentor for ε ascent: set transform.segmentor")
+                raise ConfigError("DSP batch mode 'ascend' needs the segmentor for ε ascent: set transform.segmentor")
             eps = self.dsp.ascend(images, labels, self.segmentor, eps, steps=self.ascent_steps,
                                   step_size=self.step_size, rule=self.rule, alpha=self.alpha)
             self.eps = torch.cat([eps, self.eps[b:]]) if self.eps.shape[0] > b else eps
@@ -442,9 +443,9 @@ def dsp_batch_transform(cfg, segmentor: nn.Module, device: torch.device | str | 
                         dsp: DSP | None = None) -> DSPBatchTransform:
     """The training loop's DSP hook built from a run config's ``dsp`` section (``npdg.config.DSPConfig``).
 
-    ``mode`` ``dsp`` ascends ε against ``segmentor`` for ``dsp.ascent_steps`` steps per iteration;
-    ``dsp_random`` re-draws ε ~ N(0, I) every iteration (docs/method.md §0). ``None`` picks ``dsp`` when
-    ``dsp.ascent_steps > 0``. ``cfg.dsp.path`` names the folder written by ``npdg dsp train``
+    ``mode`` ``ascend`` ascends ε against ``segmentor`` for ``dsp.ascent_steps`` steps per iteration;
+    ``random`` re-draws ε ~ N(0, I) every iteration (docs/method.md §0). ``None`` picks ``ascend`` when
+    ``dsp.ascent_steps > 0``. Which training mode uses which is decided in ``npdg.recipes.dsp``. ``cfg.dsp.path`` names the folder written by ``npdg dsp train``
     (loaded unless an already loaded ``dsp`` is given).
     """
     g = cfg.dsp
@@ -452,8 +453,8 @@ def dsp_batch_transform(cfg, segmentor: nn.Module, device: torch.device | str | 
         if not g.path:
             raise ConfigError("this mode needs a trained DSP: set dsp.path (made with `python -m npdg dsp train`)")
         dsp = DSP.load(g.path, device=device)
-    mode = mode or ("dsp" if g.ascent_steps > 0 else "dsp_random")
+    mode = mode or ("ascend" if g.ascent_steps > 0 else "random")
     return DSPBatchTransform(
-        dsp, mode=mode, ascent_steps=g.ascent_steps if mode == "dsp" else 0, step_size=g.step_size,
+        dsp, mode=mode, ascent_steps=g.ascent_steps if mode == "ascend" else 0, step_size=g.step_size,
         reset_every=g.reset_every, alpha=g.alpha, segmentor=segmentor, rule=g.rule, seed=cfg.train.seed,
     )

@@ -24,7 +24,7 @@ def stylizer(cfg: Config, mode: TrainingMode, segmentor: nn.Module, device: torc
     """
     if mode.stylize is None or (mode.stylize == "config" and not cfg.dsp.path and dsp is None):
         return None
-    kind = {"ascend": "dsp", "random": "dsp_random"}.get(mode.stylize)  # "config": from dsp.ascent_steps
+    kind = mode.stylize if mode.stylize in ("ascend", "random") else None  # "config": from dsp.ascent_steps
     return dsp_batch_transform(cfg, segmentor, device, mode=kind, dsp=dsp)
 
 
