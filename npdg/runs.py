@@ -165,11 +165,12 @@ def prepare_run_dir(path: str | Path, resume: bool = False, overwrite: bool = Fa
             )
         remove_run_dir(run.root)
     try:
-        for d in (run.root, *(run.root / s for s in subdirs)):
+        run.root.mkdir(parents=True, exist_ok=True)
+        mark_run_dir(run.root, kind)  # first, so a folder killed while being set up is still recognised as ours
+        for d in (run.root / s for s in subdirs):
             d.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise StorageError(exc.errno, f"cannot create the run folder {run.root}: {exc.strerror or exc}; choose a writable place") from None
-    mark_run_dir(run.root, kind)
     clean_stale_temps(run.root)
     return run
 

@@ -267,19 +267,23 @@ def test_kill_9_during_checkpoint_writes_then_resume_is_bitwise_exact(tmp_path):
     subprocess.run(_train_cmd(cfg, ref), check=True, env=env, cwd=ROOT, capture_output=True, timeout=300)
     out = tmp_path / "killed"
     kills = 0
+    def again() -> list[str]:  # resume when a checkpoint exists; a folder killed before its first one is replaced
+        if (out / "checkpoints" / "last.pt").is_file():
+            return ["--resume"]
+        return ["--overwrite"] if out.exists() else []
+
     for delay in (4.5, 1.0, 1.5, 2.0):  # seconds after start (the first includes torch's import)
-        resume = ["--resume"] if (out / "checkpoints" / "last.pt").is_file() else []
+        resume = again()
         proc = subprocess.Popen(_train_cmd(cfg, out, *resume), env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
-        time.sleep(delay + (3.5 if resume else 0.0))
+        time.sleep(delay + (3.5 if "--resume" in resume else 0.0))
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             kills += 1
         proc.wait(timeout=60)
         if (out / "model.safetensors").is_file() and not resume and proc.returncode == 0:
             break
-    resume = ["--resume"] if (out / "checkpoints" / "last.pt").is_file() else []
-    done = subprocess.run(_train_cmd(cfg, out, *resume), env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(_train_cmd(cfg, out, *again()), env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert kills >= 1
     a, b = read_state_dict(ref / "model.safetensors"), read_state_dict(out / "model.safetensors")
