@@ -216,6 +216,16 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _file_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+#: Permissions of every file npdg writes: what ``open(path, "w")`` would give under this umask.
+FILE_MODE = _file_mode()
+
+
 def atomic_write(path: str | Path, write: Callable[[Any], None], binary: bool = True) -> Path:
     """Write ``path`` atomically: ``write(fh)`` into a temporary file beside it (``.NAME.PID.XXXX.tmp``),
     fsync, ``os.replace``, fsync the folder. On any failure (disk full, interrupted) the temporary file
@@ -224,6 +234,7 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], binary: bool = 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+        os.chmod(tmp, FILE_MODE)  # mkstemp makes 0600 files; a written file gets the usual permissions
     except OSError as exc:
         raise StorageError(exc.errno, f"cannot write {path}: {exc.strerror or exc}; check the folder exists and is writable") from None
     try:

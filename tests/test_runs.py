@@ -144,3 +144,10 @@ def test_list_runs_table_and_cli(tmp_path, capsys):
     assert main(["runs", "list", "--root", str(tmp_path)]) == 0
     table = capsys.readouterr().out
     assert "a_erm" in table and "photometric" in table and "0.4000" in table
+
+
+def test_atomic_writes_get_the_usual_permissions(tmp_path):
+    from npdg.runs import FILE_MODE, atomic_write_text
+
+    atomic_write_text("x", tmp_path / "a.txt")
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == FILE_MODE  # not mkstemp's 0600

@@ -366,10 +366,11 @@ def write_readme(zoo: Path | None = None) -> Path:
              "| model | kind | parent | source | mean held-out | suburb | GFLOPs 128×256 | params (M) | MB | train s |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in t.itertuples():
+        parent = r.parent if isinstance(r.parent, str) else "–"
         if not r.shipped:
-            lines.append(f"| {r.name} | {r.kind} | {r.parent or '–'} | not built yet | | | | | | |")
+            lines.append(f"| {r.name} | {r.kind} | {parent} | not built yet | | | | | | |")
             continue
-        lines.append(f"| {r.name} | {r.kind} | {r.parent or '–'} | {100 * r.source:.1f} | {100 * r.heldout:.1f} | "
+        lines.append(f"| {r.name} | {r.kind} | {parent} | {100 * r.source:.1f} | {100 * r.heldout:.1f} | "
                      f"{100 * r.suburb:.1f} | {r.gflops:.2f} | {r.params_m:.2f} | {r.mb:.1f} | "
                      f"{'' if r.wall_s is None else f'{r.wall_s:.0f}'} |")
     total = sum(p.stat().st_size for p in zoo.parent.rglob("*") if p.is_file()) / 1e6 if zoo.parent.is_dir() else 0.0
