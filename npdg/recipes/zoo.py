@@ -140,11 +140,13 @@ def choose_ascent_step(segmentor_run: Path, n_images: int = 16, device: str = "a
         asc = float(_colour_shift(g.ascended, g.inputs).mean())
         rows.append({"step_size": step, "ascended_colour_shift": asc, "ce_random": float(g.ce_before.mean()),
                      "ce_ascended": float(g.ce_after.mean())})
-    chosen = next((r["step_size"] for r in rows if r["ascended_colour_shift"] <= limit), ASCENT_CANDIDATES[-1])
+    meeting = [r["step_size"] for r in rows if r["ascended_colour_shift"] <= limit]
+    chosen = meeting[0] if meeting else ASCENT_CANDIDATES[-1]
     return {"rule": f"largest step whose mean colour shift after {ASCENT_PROBE_STEPS} steps stays within the 90th "
-                    "percentile of random DSP styles, on the first source val scenes",
+                    "percentile of random DSP styles, on the first source val scenes; the smallest candidate "
+                    "when none does",
             "scenes": f"source val 0..{n_images - 1}", "random_p90_colour_shift": limit, "candidates": rows,
-            "chosen": chosen, "segmentor": segmentor_run.name}
+            "chosen": chosen, "met_rule": bool(meeting), "segmentor": segmentor_run.name}
 
 
 def _train_entry(e: Entry, work: Path, device: str, log: Callable[[str], None]) -> tuple[Path, dict]:
