@@ -20,9 +20,12 @@ from app import components  # noqa: E402
 
 st.set_page_config(page_title="npdg — NPDG dashboard", page_icon="🪨", layout="wide")
 
-PAGES = [
-    st.Page("../pages/data.py", title="Data", icon="🏙️", url_path="data", default=True),
-]
+PAGES = {
+    "Explore": [
+        st.Page("../pages/data.py", title="Data", icon="🏙️", url_path="data", default=True),
+        st.Page("../pages/styles.py", title="Styles", icon="🎨", url_path="styles"),
+    ],
+}
 
 nav = st.navigation(PAGES)
 with st.sidebar:

@@ -22,12 +22,15 @@ import numpy as np
 
 from npdg.dsp.explore import TRAVERSE_VALUES, StyleGrid, TraverseGrid, style_grid, traverse_grid
 from npdg.errors import ConfigError
+from npdg.recipes.prune import DEFAULT_DSP as REPO_DSP
 from npdg.service import array_key, engine, file_key, lru, model_key, shared_dsp, shared_model
 from npdg.service.data import SOURCE_DOMAIN, scene_batch
 
 ProgressFn = Callable[[int, int], None]
 #: Default input size of the Styles page (H, W): small enough for an ascent on the CPU.
 DEFAULT_SIZE: tuple[int, int] = (128, 256)
+#: The DSP shipped with the repository (assets/dsp_tiny): the dashboard's default.
+DEFAULT_DSP: Path = REPO_DSP
 _GRIDS = lru(32)
 _TRAVERSALS = lru(32)
 

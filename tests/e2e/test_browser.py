@@ -104,3 +104,26 @@ def test_data_page_in_chromium(server):
         assert not page.locator("[data-testid='stException']").count()
         browser.close()
     assert (ARTIFACTS / "data_page.png").stat().st_size > 20_000
+
+
+def test_styles_page_binds_its_widgets_to_the_url(server):
+    """A copied link reopens the same view: ?k=3 gives 3 styles, moving the slider rewrites the URL."""
+    from playwright.sync_api import sync_playwright
+
+    from npdg.recipes import zoo
+
+    if not (zoo.ZOO_DIR / "r18-erm" / "card.json").is_file():
+        pytest.skip("zoo r18-erm not shipped")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1100})
+        page.goto(f"{server}/styles?k=3&scene=2", wait_until="domcontentloaded")
+        page.wait_for_selector(IDLE, timeout=120_000)
+        page.get_by_text("Styles — what DSP imitates").wait_for(timeout=60_000)
+        page.get_by_text("style 2 — CE").first.wait_for(timeout=120_000)
+        assert page.get_by_text("style 3 — CE").count() == 0  # K = 3 from the link: styles 0, 1, 2
+        assert "m=zoo" in page.url or page.get_by_text("r18-erm (zoo)").count() >= 1
+        page.screenshot(path=str(ARTIFACTS / "styles_page.png"), full_page=True)
+        assert not page.locator("[data-testid='stException']").count()
+        browser.close()

@@ -1,0 +1,66 @@
+"""The model panel in the sidebar: pick a shipped zoo model or a local run (``?m=`` in the URL).
+
+Pages call :func:`model_panel` once; it returns the chosen model's id, folder and card summary (or
+None when nothing can be loaded, with a message in the sidebar instead of a traceback).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import streamlit as st
+
+from npdg.service import zoo
+
+#: The model every page starts from on a fresh clone.
+DEFAULT_MODEL = "zoo:r18-erm"
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """The model a page works on: ``id`` (``zoo:NAME`` or ``run:PATH``), its folder and a one-line summary."""
+
+    id: str
+    path: Path
+    label: str
+    summary: str
+
+
+def _options() -> dict[str, tuple[str, str]]:
+    """id → (label, summary) of every loadable model: shipped zoo entries first, then local runs."""
+    out: dict[str, tuple[str, str]] = {}
+    listing = zoo.zoo_models()
+    for r in listing.table.itertuples():
+        if getattr(r, "shipped", False):
+            summary = f"{r.what}. Source {100 * r.source:.1f}, held-out {100 * r.heldout:.1f} mIoU (card)."
+            out[f"zoo:{r.name}"] = (f"{r.name} (zoo)", summary)
+    for problem in listing.problems:
+        st.sidebar.warning(problem)
+    runs = zoo.local_runs()
+    for r in runs.itertuples():
+        out[f"run:{r.path}"] = (f"{r.name} (runs/)", f"local run: {r.mode} {r.arch}/{r.encoder}")
+    return out
+
+
+def _path(model_id: str) -> Path:
+    kind, _, rest = model_id.partition(":")
+    return zoo.zoo_model_path(rest) if kind == "zoo" else Path(rest)
+
+
+def model_panel() -> ModelChoice | None:
+    """Render the panel; return the chosen model (None, with a message, when there is none)."""
+    options = _options()
+    if not options:
+        st.sidebar.info("No model yet: build the zoo (`make zoo`) or train one (`python -m npdg train ...`).")
+        return None
+    ids = list(options)
+    default = DEFAULT_MODEL if DEFAULT_MODEL in options else ids[0]
+    choice = st.sidebar.selectbox(
+        "Model", ids, index=ids.index(default), format_func=lambda i: options[i][0], key="m",
+        bind="query-params",
+        help="A shipped zoo model (assets/zoo, see assets/README.md) or a run under runs/ with a model.safetensors.",
+    )
+    label, summary = options[choice]
+    st.sidebar.caption(summary)
+    return ModelChoice(choice, _path(choice), label, summary)
