@@ -24,6 +24,7 @@ PAGES = {
     "Explore": [
         st.Page("../pages/data.py", title="Data", icon="🏙️", url_path="data", default=True),
         st.Page("../pages/styles.py", title="Styles", icon="🎨", url_path="styles"),
+        st.Page("../pages/sensitivity.py", title="Sensitivity", icon="🌡️", url_path="sensitivity"),
     ],
 }
 

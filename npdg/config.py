@@ -47,13 +47,21 @@ UNARY_MODES: tuple[str, ...] = ("share", "raw")
 DEFAULT_LAMBDA = 0.4
 #: Pruning rate r (docs/method.md §5): the paper's best value. The one place it is written.
 DEFAULT_RATE = 0.3
+#: Per-group limits of selection (docs/method.md §5): kept channels a multiple of 8 (at least 8), at
+#: most 90 % of a group pruned.
+DEFAULT_ROUND_TO = 8
+DEFAULT_MAX_LAYER_RATIO = 0.9
 #: Which units a prune may remove (``prune.units``): all, BN filters only, or attention heads only.
 UNIT_CHOICES: tuple[str, ...] = ("all", "filters", "heads")
 #: Default source: the embedded synthetic source domain (``npdg.data.specs``).
 DEFAULT_SOURCE = "synthetic"
+#: Largest seed: torch generators take at most 64-bit seeds, and seeds are combined (seed × 1000 + rank).
+MAX_SEED = 2**31 - 1
 #: Largest input size (H·W pixels) a cost/latency report accepts: 4096×4096, 16 times a 1024×1024
 #: frame. Larger sizes exhaust memory on ordinary machines long before they say anything useful.
 MAX_PIXELS = 4096 * 4096
+#: Largest batch a latency measurement takes.
+MAX_BATCH = 64
 
 
 def parse_size(text: str | tuple[int, int] | list[int]) -> tuple[int, int]:
@@ -142,7 +150,7 @@ class TrainConfig:
     head_lr_mult: float = num(1.0, 0)
     poly_power: float = num(0.9, 0)
     warmup_iters: int = num(0, 0)
-    seed: int = num(0, 0)
+    seed: int = num(0, 0, MAX_SEED)
     log_every: int = num(10, 1)
     eval_every: int = num(0, 0)
     checkpoint_every: int = num(500, 1)
@@ -235,16 +243,16 @@ class PruneConfig:
     #: Fine-tuning learning rate (None → ``train.lr``).
     lr: float | None = num(None, 0, lo_open=True)
     #: Kept channels per coupling group: a multiple of this, and at least this many.
-    round_to: int = num(8, 1)
+    round_to: int = num(DEFAULT_ROUND_TO, 1)
     #: At most this fraction of a coupling group is pruned.
-    max_layer_ratio: float = num(0.9, 0, 1, lo_open=True)
+    max_layer_ratio: float = num(DEFAULT_MAX_LAYER_RATIO, 0, 1, lo_open=True)
     #: Input size (H, W) of the cost report.
     cost_size: tuple[int, int] = (512, 1024)
     #: Batch sizes whose latency is measured (empty: no timing).
     cost_batches: tuple[int, ...] = (1,)
     cost_repeats: int = num(5, 1)
     #: Seed of the random criterion.
-    seed: int = num(0, 0)
+    seed: int = num(0, 0, MAX_SEED)
     #: Which units may be pruned: all, filters (BN channels) or heads (MiT attention heads).
     units: str = choice("all", UNIT_CHOICES)
     #: DSP folder for sparse training and fine-tuning: ``auto`` (the shipped demo DSP when present),
@@ -413,9 +421,13 @@ def read_yaml_mapping(path: str | Path | None) -> tuple[dict[str, Any], str]:
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
     try:
-        return yaml.safe_load(p.read_text()) or {}, str(p)
+        return yaml.safe_load(p.read_text(encoding="utf-8")) or {}, str(p)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p} is not a text file (a YAML config was expected)") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {p}: {exc.strerror or exc}") from None
 
 
 def _split_override(item: str, sections: dict[str, type]) -> tuple[str, str, Any]:
@@ -541,9 +553,13 @@ def validate(cfg: Config) -> Config:
     if not d.source:
         raise ConfigError("data.source must name a synthetic domain or NAME:ROOT")
     p = cfg.prune
-    if any(b < 1 for b in p.cost_batches):
-        raise ConfigError(f"prune.cost_batches must be positive, got {list(p.cost_batches)}")
+    if any(b < 1 or b > MAX_BATCH for b in p.cost_batches):
+        raise ConfigError(f"prune.cost_batches must be in [1, {MAX_BATCH}], got {list(p.cost_batches)}")
     check_pixels("prune.cost_size", p.cost_size)
+    check_pixels("data.size", d.size)
+    check_pixels("train.crop", cfg.crop)
+    if hi > 8:
+        raise ConfigError(f"train.scale_range max must be at most 8 (images are rescaled by it), got {hi}")
     return cfg
 
 

@@ -37,11 +37,11 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from npdg.config import Config
+from npdg.data.io import write_png
 from npdg.data.specs import default_targets as default_target_specs
 from npdg.data.specs import extra_eval_specs, is_averaged, open_dataset, parse_spec, spec_name
 from npdg.data.synthetic import SOURCE_DOMAIN
@@ -516,10 +516,9 @@ def _inference_state(model: nn.Module, device: torch.device, channels_last: bool
 def export_prediction(pred: np.ndarray, export_dir: str | Path, domain: str, index: int) -> None:
     """Write ``DIR/<domain>/{index:06d}_labelIds.png`` (Cityscapes ids) and ``_color.png``."""
     out = Path(export_dir) / domain
-    out.mkdir(parents=True, exist_ok=True)
     pred = pred.astype(np.uint8)
-    Image.fromarray(train_ids_to_ids(pred)).save(out / f"{int(index):06d}_labelIds.png")
-    Image.fromarray(colorize(pred)).save(out / f"{int(index):06d}_color.png")
+    write_png(out / f"{int(index):06d}_labelIds.png", train_ids_to_ids(pred))  # atomic, like every npdg write
+    write_png(out / f"{int(index):06d}_color.png", colorize(pred))
 
 
 def _shard(dataset: Dataset, limit: int | None) -> Dataset:

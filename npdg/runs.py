@@ -19,6 +19,7 @@ a checkpoint is opened.
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import json
 import os
 import random
@@ -88,8 +89,8 @@ OWN_PATTERNS: tuple[str, ...] = (
     "dsp.safetensors", "dsp.json", f"{CHECKPOINT_DIR}/*.pt", f"{EVAL_DIR}/*.json", "sensitivity/*",
     "samples/*.png", ".*.tmp", "*/.*.tmp",
 )
-#: Sub-folders that are npdg runs or caches of their own (everything inside belongs to npdg).
-OWN_TREES: tuple[str, ...] = ("sparse", "cache")
+#: Sub-folders that are npdg runs of their own (checked with the same rules, marker included).
+OWN_TREES: tuple[str, ...] = ("sparse",)
 
 
 def _is_marked(root: Path) -> bool:
@@ -101,15 +102,23 @@ def foreign_files(root: str | Path) -> list[Path]:
     :data:`OWN_TREES`), relative to ``root``, sorted."""
     root = Path(root)
     out = []
+    for name in OWN_TREES:  # a nested run (prune's OUT/sparse) is ours only if it is a marked run itself
+        sub = root / name
+        if sub.is_dir() and not sub.is_symlink():
+            if not _is_marked(sub):
+                out += [p.relative_to(root) for p in sorted(sub.rglob("*")) if not p.is_dir()]
+            else:
+                out += [Path(name) / f for f in foreign_files(sub)]
     for p in sorted(root.rglob("*")):
         if p.is_dir() and not p.is_symlink():
             continue
         rel = p.relative_to(root)
         if rel.parts[0] in OWN_TREES and len(rel.parts) > 1:
             continue
-        if not any(rel.match(pat) for pat in OWN_PATTERNS):
+        # a pattern names a file at its own depth: "config.yaml" is RUN/config.yaml, never RUN/notes/config.yaml
+        if not any(len(rel.parts) == len(Path(pat).parts) and fnmatch.fnmatchcase(rel.as_posix(), pat) for pat in OWN_PATTERNS):
             out.append(rel)
-    return out
+    return sorted(out)
 
 
 def remove_run_dir(root: str | Path) -> None:
@@ -190,7 +199,8 @@ def clean_stale_temps(root: str | Path) -> list[Path]:
     whose writing process is gone; temps of a live writer (another DDP rank) are kept."""
     removed = []
     for p in Path(root).rglob(".*.tmp"):
-        pid = next((int(x) for x in p.name.split(".") if x.isdigit()), None)
+        parts = p.name.split(".")  # "", NAME (may hold dots), PID, random, "tmp"
+        pid = int(parts[-3]) if len(parts) >= 4 and parts[-3].isdigit() else None
         if pid is None or (pid != os.getpid() and not _pid_alive(pid)):
             try:
                 p.unlink()

@@ -65,7 +65,12 @@ def world(tmp_path_factory) -> dict[str, Path]:
     marked.mkdir()
     mark_run_dir(marked, "train")
     (marked / "my_notes.txt").write_text("not npdg's\n")
-    return {"base": base, "run": run, "dsp": dsp, "cfg": cfg, "dsp_cfg": dsp_cfg, "corrupt": corrupt, "evil": evil,
+    nested = base / "nested"  # a marked run folder where the user put a file named like one of npdg's
+    (nested / "notes").mkdir(parents=True)
+    mark_run_dir(nested, "train")
+    (nested / "config.yaml").write_text("model: {}\n")
+    (nested / "notes" / "config.yaml").write_text("my own settings\n")
+    return {"nested": nested, "base": base, "run": run, "dsp": dsp, "cfg": cfg, "dsp_cfg": dsp_cfg, "corrupt": corrupt, "evil": evil,
             "bad_dsp": bad_dsp, "mine": base / "mine", "marked": marked}
 
 
@@ -155,6 +160,24 @@ CASES = [
     ("cost bad batches", ["cost", "--run", "{run}", "--batches", "a,b"], "--batches"),
     ("cost zero repeats", ["cost", "--run", "{run}", "--repeats", "0"], "--repeats"),
     ("cost pickle checkpoint", ["cost", "--checkpoint", "{evil}"], "npdg model file"),
+    ("cost 1000 batch", ["cost", "--run", "{run}", "--batches", "1000"], "--batches"),
+    # settings read late, broken DSPs, odd files, absurd sizes and seeds: refused before anything is created
+    ("train bad target", ["train", "--config", "{cfg}", "--set", "data.targets=[mars]", "--out", "{out}"], "mars"),
+    ("train broken dsp", ["train", "--config", "{cfg}", "--set", "train.mode=dsp", "--set", "dsp.path={bad_dsp}", "--out", "{out}"], "cannot read"),
+    ("train unused broken dsp", ["train", "--config", "{cfg}", "--set", "dsp.path={bad_dsp}", "--out", "{out}"], "cannot read"),
+    ("train binary config", ["train", "--config", "{evil}", "--out", "{out}"], "not a text file"),
+    ("train garbage config", ["train", "--config", "{corrupt}", "--out", "{out}"], "not valid YAML"),
+    ("train huge size", ["train", "--config", "{cfg}", "--set", "data.size=99968x99968", "--out", "{out}"], "too large"),
+    ("train huge seed", ["train", "--config", "{cfg}", "--set", "train.seed=100000000000000000000", "--out", "{out}"], "train.seed"),
+    ("prune broken dsp", ["prune", "--run", "{run}", "--criterion", "npdg", "--sparse-iters", "2", "--dsp", "{bad_dsp}", "--out", "{out}"], "cannot read"),
+    ("eval export into a file", ["eval", "--run", "{run}", "--data", "source", "--export", "{notes}/thesis.txt"], "is a file"),
+    ("eval huge size", ["eval", "--run", "{run}", "--data", "source", "--size", "99968x99968"], "too large"),
+    ("sens huge seed", ["sensitivity", "--run", "{run}", "--dsp", "{dsp}", "--seed", "99999999999", "--out", "{out}.csv"], "--seed"),
+    ("dsp sample huge size", ["dsp", "sample", "--dsp", "{dsp}", "--synthetic", "1", "--size", "99968x99968", "--out", "{out}.png"], "too large"),
+    ("dsp train huge size", ["dsp", "train", "--config", "{dsp_cfg}", "--set", "data.size=99968x99968", "--out", "{out}"], "too large"),
+    ("zoo verify nan tolerance", ["zoo", "verify", "--tolerance", "nan"], "--tolerance"),
+    ("zoo build unknown", ["zoo", "build", "r99", "--work", "{out}"], "unknown zoo model"),
+    ("overwrite nested foreign", ["train", "--config", "{cfg}", "--out", "{nested}", "--overwrite"], "notes/config.yaml"),
 ]
 
 

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from torch import nn
+from conftest import randomize_gamma
 
 from npdg.cost import count_flops, count_params
 from npdg.errors import ConfigError
@@ -20,17 +20,6 @@ from npdg.pruning.selection import select
 SIZE = (64, 128)
 
 
-def _randomize(model, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.copy_(torch.rand(m.num_features, generator=gen))
-            if hasattr(m, "head_gate"):
-                m.head_gate.copy_(torch.rand(m.head_gate.numel(), generator=gen))
-    return model
-
-
 @pytest.mark.parametrize("arch,encoder,gates,device", [
     ("deeplabv3plus", "resnet18", False, "meta"),
     ("segformer", "mit_b0", True, "cpu"),  # smp's MiT cannot be built on meta: counted on the CPU
@@ -40,7 +29,7 @@ def test_plan_cost_equals_pruned_model_and_leaves_the_model_alone(arch, encoder,
     model = build_model(arch, encoder, 19).eval()
     if gates:
         add_head_gates(model)
-    _randomize(model)
+    randomize_gamma(model)
     plan = select(model, rate=0.3)
     before = copy.deepcopy(model.state_dict())
     params_before = [id(p) for p in model.parameters()]
@@ -63,7 +52,7 @@ def test_plan_cost_equals_pruned_model_and_leaves_the_model_alone(arch, encoder,
 
 
 def test_plan_cost_is_cached_and_refuses_other_architectures(monkeypatch):
-    model = _randomize(build_model("deeplabv3plus", "resnet18", 4).eval())
+    model = randomize_gamma(build_model("deeplabv3plus", "resnet18", 4).eval())
     plan = select(model, rate=0.2)
     plan_cost_mod.clear_cache()
     first = plan_cost(model, plan, SIZE)

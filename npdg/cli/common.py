@@ -77,6 +77,13 @@ def dispatch(args: argparse.Namespace) -> int:
     except NpdgError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a file system problem npdg did not foresee: name the path, no traceback
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except UnicodeDecodeError as exc:
+        print(f"error: a file that should hold text does not ({exc.reason})", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         hint = getattr(args, "resume_hint", None)
         print("interrupted" + (f"; resume with {hint}" if hint else ""), file=sys.stderr)
@@ -88,6 +95,23 @@ def run_command(register, name: str, argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m npdg")
     register(parser.add_subparsers(dest="command", required=True))
     return dispatch(parser.parse_args([name, *(argv or [])]))
+
+
+def size_arg(text: str, name: str = "--size") -> tuple[int, int]:
+    """An ``HxW`` option: parsed, positive, and at most ``npdg.config.MAX_PIXELS`` pixels."""
+    from npdg.config import check_pixels, parse_size
+
+    return check_pixels(name, parse_size(text))
+
+
+def seed_arg(value: int, name: str = "--seed") -> int:
+    """A seed option in [0, 2³¹ − 1] (torch generators refuse larger ones)."""
+    from npdg.config import MAX_SEED
+    from npdg.errors import ConfigError
+
+    if not 0 <= int(value) <= MAX_SEED:
+        raise ConfigError(f"{name} must be in [0, {MAX_SEED}], got {value}")
+    return int(value)
 
 
 #: ``--run zoo:NAME`` (or ``--checkpoint``, ``--ascend-with``) names a shipped zoo model.

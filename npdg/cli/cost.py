@@ -16,7 +16,7 @@ import argparse
 from pathlib import Path
 
 from npdg.cli.common import ZOO_HELP, add_command, add_device_option, add_model_source_options, model_arg, run_command
-from npdg.config import check_pixels, parse_size
+from npdg.config import MAX_BATCH, check_pixels, parse_size
 from npdg.errors import ConfigError
 
 
@@ -25,8 +25,8 @@ def _batches(text: str) -> tuple[int, ...]:
         values = tuple(int(v) for v in text.split(",") if v.strip() != "")
     except ValueError:
         raise ConfigError(f"--batches must be comma-separated integers, e.g. 1,8; got {text!r}") from None
-    if any(v < 1 for v in values):
-        raise ConfigError(f"--batches must be positive, got {text!r}")
+    if any(v < 1 or v > MAX_BATCH for v in values):
+        raise ConfigError(f"--batches must be in [1, {MAX_BATCH}], got {text!r}")
     return values
 
 
@@ -59,7 +59,9 @@ def run_cost(args: argparse.Namespace) -> int:
     try:
         report = cost_report(model, size, batches=_batches(args.batches), warmup=args.warmup, repeats=args.repeats,
                              checkpoint=path)
-    except (torch.OutOfMemoryError, MemoryError):
+    except (torch.OutOfMemoryError, MemoryError, RuntimeError) as exc:
+        if isinstance(exc, RuntimeError) and "alloc" not in str(exc).lower():
+            raise
         raise ConfigError(f"out of memory measuring {size[0]}x{size[1]}: lower --size or --batches") from None
     lat = ", ".join(f"{k} {v:.1f} ms" for k, v in report.latency_ms.items()) or "not timed"
     print(f"{path}: {report.gflops:.3f} GFLOPs ({report.gmacs_tp:.3f} GMACs by torch-pruning), "

@@ -12,7 +12,8 @@ import argparse
 import json
 from pathlib import Path
 
-from npdg.config import check_unit_interval, parse_size
+from npdg.cli.common import size_arg
+from npdg.config import check_unit_interval
 from npdg.data.real import DATASET_CLASSES, EXPECTED_COUNTS
 from npdg.errors import ConfigError
 
@@ -37,7 +38,7 @@ def _source(args: argparse.Namespace, preview: bool):
         raise ConfigError(f"--dataset {args.dataset} needs --root DIR, the folder it is stored in")
     if args.domain is not None and args.root is not None:
         raise ConfigError("--root applies to --dataset only, not to a synthetic --domain")
-    size = parse_size(args.size) if args.size else None
+    size = size_arg(args.size) if args.size else None
     return open_samples(domain=args.domain, dataset=args.dataset, root=args.root, split=args.split,
                         size=size, preview=preview)
 

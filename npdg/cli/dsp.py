@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from npdg.cli.common import model_arg
+from npdg.cli.common import model_arg, progress_bar, seed_arg, size_arg
 from npdg.errors import ConfigError
 
 
@@ -58,8 +58,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
     args.resume_hint = f"python -m npdg dsp train --out {args.out} --resume"
     if args.config is None and not args.resume:
         raise ConfigError("dsp train needs --config FILE (or --resume to continue OUT with its own config)")
-    result = train_dsp(args.config, args.out, args.overrides, resume=args.resume, overwrite=args.overwrite,
-                       progress=not args.no_progress)
+    bar, update = progress_bar("dsp train", enabled=not args.no_progress)
+
+    def progress(step: int, total: int, losses: dict) -> None:
+        update(step, total)
+        bar.set_postfix({k: f"{v:.3g}" for k, v in losses.items() if k != "stage"}, refresh=False)
+
+    try:
+        result = train_dsp(args.config, args.out, args.overrides, resume=args.resume, overwrite=args.overwrite,
+                           progress=progress)
+    finally:
+        bar.close()
     losses = ", ".join(f"{k} {v:.4g}" for k, v in result.last_losses.items() if k != "stage")
     print(f"trained DSP: {result.iters_done} iterations in {result.seconds:.0f} s ({losses}); "
           f"wrote {result.dsp_dir / 'dsp.safetensors'} and dsp.json")
@@ -92,7 +101,6 @@ def _load_inputs(args: argparse.Namespace, size) -> list[tuple[torch.Tensor, tor
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
-    from npdg.config import parse_size
     from npdg.data.io import write_png
     from npdg.dsp.explore import style_grid
     from npdg.dsp.model import DSP
@@ -105,7 +113,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     if args.out.exists() and args.out.is_file() and args.out.suffix.lower() != ".png":
         raise ConfigError(f"--out {args.out} is a file; give grid.png or a folder")
     dsp = DSP.load(args.dsp)
-    size = parse_size(args.size) if args.size else (None if args.image else dsp.spec.image_size)
+    size = size_arg(args.size) if args.size else (None if args.image else dsp.spec.image_size)
+    seed_arg(args.seed + len(args.image or []) + (args.synthetic or 0))
     items = _load_inputs(args, size)
     segmentor = None
     if args.ascend_with is not None:

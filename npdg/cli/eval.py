@@ -24,6 +24,7 @@ from npdg.cli.common import (
     is_shipped,
     model_arg,
     progress_bar,
+    size_arg,
 )
 from npdg.config import load_run_config, parse_size
 from npdg.errors import ConfigError, DataError
@@ -88,7 +89,7 @@ def _protocol(args: argparse.Namespace, has_real: bool):
     elif args.crop or args.stride:
         raise ConfigError("--crop/--stride need --mode slide")
     if args.size and has_real:
-        protocol = protocol.with_size(parse_size(args.size))
+        protocol = protocol.with_size(size_arg(args.size))
     return protocol
 
 
@@ -108,6 +109,8 @@ def run_eval(args: argparse.Namespace) -> int:
     args.run, args.checkpoint = model_arg(args.run), model_arg(args.checkpoint)
     if args.run is not None and not args.run.is_dir():
         raise DataError(f"run directory not found: {args.run}")
+    if args.export is not None and args.export.exists() and not args.export.is_dir():
+        raise ConfigError(f"--export {args.export} is a file; give a folder for the predictions")
     if args.json is not None and args.json.is_dir():
         raise ConfigError(f"--json {args.json} is a folder; give a file name such as {args.json / 'eval.json'}")
     path = resolve_model_path(args.run if args.run is not None else args.checkpoint)
@@ -117,7 +120,7 @@ def run_eval(args: argparse.Namespace) -> int:
     device = select_device(args.device)
     model = load_model(path, device=device)
 
-    size = parse_size(args.size) if args.size else (cfg.data.size if cfg is not None else None)
+    size = size_arg(args.size) if args.size else (cfg.data.size if cfg is not None else None)
     datasets, source = open_named(args.data, args.split, size, args.domains)
     if cfg is not None and parse_spec(cfg.data.source).is_real:
         source = parse_spec(cfg.data.source).name

@@ -20,6 +20,9 @@ from npdg.cli.common import ZOO_HELP, add_command, add_device_option, model_arg,
 from npdg.config import DEFAULT_RATE, UNIT_CHOICES, PruneConfig, parse_size
 from npdg.recipes.modes import cli_criteria
 
+#: Every flag's default is the prune section's own (npdg.config.PruneConfig), written in one place.
+D = PruneConfig()
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = add_command(subparsers, "prune", "prune a trained model (npdg, slimming, l1norm, random) and fine-tune it", __doc__)
@@ -29,21 +32,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     how.add_argument("--rate", type=float, metavar="R", help=f"prune this fraction of the units (default {DEFAULT_RATE})")
     how.add_argument("--threshold", type=float, metavar="T",
                      help="prune units with score < T, capped at --max-rate (a larger T prunes exactly --max-rate)")
-    p.add_argument("--max-rate", type=float, default=DEFAULT_RATE, metavar="R",
+    p.add_argument("--max-rate", type=float, default=D.rate, metavar="R",
                    help=f"cap of threshold mode (default {DEFAULT_RATE})")
-    p.add_argument("--criterion", default="npdg", choices=cli_criteria(), help="pruning criterion (npdg.recipes.modes)")
-    p.add_argument("--sparse-iters", type=int, default=0, metavar="N",
+    p.add_argument("--criterion", default=D.criterion, choices=cli_criteria(), help="pruning criterion (npdg.recipes.modes)")
+    p.add_argument("--sparse-iters", type=int, default=D.sparse_iters, metavar="N",
                    help="sparse-training iterations for npdg/slimming (0: use γ as they are)")
-    p.add_argument("--finetune-iters", type=int, default=0, metavar="N", help="fine-tuning iterations after pruning")
-    p.add_argument("--dsp", default="auto", metavar="DIR", help="DSP directory (default: assets/dsp_tiny if present; 'none' for plain CE)")
+    p.add_argument("--finetune-iters", type=int, default=D.finetune_iters, metavar="N", help="fine-tuning iterations after pruning")
+    p.add_argument("--dsp", default=D.dsp, metavar="DIR", help="DSP directory (default: assets/dsp_tiny if present; 'none' for plain CE)")
     p.add_argument("--lambda-s", type=float, metavar="L", help="sparsity weight (default: the run config's)")
     p.add_argument("--lr", type=float, metavar="LR", help="fine-tuning learning rate (default: the run config's)")
-    p.add_argument("--round-to", type=int, default=8, metavar="N", help="kept channels per group: multiple of N, at least N")
-    p.add_argument("--max-layer-ratio", type=float, default=0.9, metavar="F", help="at most this fraction of a group is pruned")
-    p.add_argument("--cost-size", default="512x1024", metavar="HxW", help="input size for the cost report")
-    p.add_argument("--cost-repeats", type=int, default=5, metavar="N", help="timed forwards per latency (median)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random criterion")
-    p.add_argument("--units", choices=UNIT_CHOICES, default="all",
+    p.add_argument("--round-to", type=int, default=D.round_to, metavar="N", help="kept channels per group: multiple of N, at least N")
+    p.add_argument("--max-layer-ratio", type=float, default=D.max_layer_ratio, metavar="F", help="at most this fraction of a group is pruned")
+    p.add_argument("--cost-size", default="{}x{}".format(*D.cost_size), metavar="HxW", help="input size for the cost report")
+    p.add_argument("--cost-repeats", type=int, default=D.cost_repeats, metavar="N", help="timed forwards per latency (median)")
+    p.add_argument("--seed", type=int, default=D.seed, help="seed of the random criterion")
+    p.add_argument("--units", choices=UNIT_CHOICES, default=D.units,
                    help="which units may be pruned: all (default), filters (BN channels) or heads (MiT attention)")
     add_device_option(p)
     p.add_argument("--overwrite", action="store_true",

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from npdg.cli.common import ZOO_HELP, add_command, add_device_option, model_arg, progress_bar
+from npdg.cli.common import ZOO_HELP, add_command, add_device_option, model_arg, progress_bar, seed_arg, size_arg
 from npdg.config import DEFAULT_LAMBDA, UNARY_MODES, check_unit_interval
 from npdg.errors import ConfigError, DataError
 
@@ -59,7 +59,7 @@ def _check_args(args: argparse.Namespace) -> None:
 
 def run_sensitivity(args: argparse.Namespace) -> int:
     """Entry point of ``python -m npdg sensitivity``."""
-    from npdg.config import load_run_config, parse_size
+    from npdg.config import load_run_config
     from npdg.data.specs import open_dataset, spread_images
     from npdg.dsp.model import DSP
     from npdg.models import select_device
@@ -69,7 +69,8 @@ def run_sensitivity(args: argparse.Namespace) -> int:
     _check_args(args)
     device = select_device(args.device)
     cfg = load_run_config(args.run)
-    size = parse_size(args.size) if args.size else cfg.data.size
+    size = size_arg(args.size) if args.size else cfg.data.size
+    seed_arg(args.seed)
     model = load_model(args.run, device=device)
     dsp = DSP.load(args.dsp, device=device)
     images = spread_images(open_dataset(cfg.data.source, cfg.data.train_split, size, cfg.data.length), args.images)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 from npdg.cli.common import add_command, add_device_option
@@ -64,7 +65,7 @@ def _list(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     from npdg.recipes.zoo import verify
 
-    if args.eval < 0 or args.tolerance < 0:
+    if args.eval < 0 or not math.isfinite(args.tolerance) or args.tolerance < 0:
         raise ConfigError(f"--eval and --tolerance must be >= 0, got {args.eval}, {args.tolerance}")
     problems = verify(args.names or None, eval_scenes=args.eval, tolerance=args.tolerance)
     for p in problems:

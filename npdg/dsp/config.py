@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from npdg.config import check_tree, choice, load_tree, num, override_tree, tree_from_dict, tree_to_dict
+from npdg.config import MAX_SEED, check_pixels, check_tree, choice, load_tree, num, override_tree, tree_from_dict, tree_to_dict
 from npdg.data.synthetic import DOMAINS, SOURCE_DOMAIN
 from npdg.dsp.adain import ENCODER_KINDS, TINY_CHANNELS
 from npdg.dsp.dvae import OPTIMIZATIONS
@@ -72,7 +72,7 @@ class DVAESection:
 
 @dataclass(frozen=True)
 class TrainSection:
-    seed: int = num(0, 0)
+    seed: int = num(0, 0, MAX_SEED)
     batch_size: int = num(4, 1)
     pretrain_iters: int = num(1000, 0)
     pretrain_lr: float = num(1e-3, 0, lo_open=True)
@@ -127,6 +127,7 @@ def validate(cfg: DSPConfig) -> DSPConfig:
     """Declared ranges, then combinations and the held-out rule; ConfigError names the key."""
     check_tree(cfg)
     e, d, s = cfg.encoder, cfg.data, cfg.style
+    check_pixels("data.size", d.size)
     if e.kind == "vgg19" and not e.weights:
         raise ConfigError("encoder.kind vgg19 needs encoder.weights: a local vgg_normalised.pth or torchvision vgg19 file")
     if e.kind == "tiny" and (not e.channels or min(e.channels) < 1):

@@ -64,6 +64,8 @@ from npdg.viz import grid, to_uint8_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 SAMPLES_DIR = "samples"
+#: (step, total, latest losses) -> None, called after every iteration (the CLI draws its bar with it).
+ProgressFn = Callable[[int, int, dict], None]
 #: Keys (and types) a DSP training checkpoint must hold before any field is read.
 CHECKPOINT_KEYS = {"step": int, "encoder": dict, "decoder": dict, "vae": dict, "ae_opt": dict, "rng": dict}
 
@@ -267,7 +269,7 @@ def prepare_out(out: str | Path, resume: bool, overwrite: bool) -> RunDir:
 class DSPTraining:
     """Stage 1 (tiny autoencoder) then stage 2 (D-VAE + decoder); see the module docstring."""
 
-    def __init__(self, cfg: DSPConfig, run: RunDir, progress: bool = True) -> None:
+    def __init__(self, cfg: DSPConfig, run: RunDir, progress: ProgressFn | None = None) -> None:
         self.cfg, self.run, self.progress = cfg, run, progress
         torch.manual_seed(cfg.train.seed)
         self.modules = build_modules(cfg)
@@ -417,12 +419,9 @@ class DSPTraining:
         return path
 
     def run_all(self) -> TrainResult:
-        from tqdm import tqdm
-
         cfg, t = self.cfg, self.cfg.train
         total = cfg.total_iters
         start_time = time.time()
-        bar = tqdm(total=total, initial=self.step, desc="dsp train", disable=not self.progress, dynamic_ncols=True)
         window_start, window_n = time.time(), 0
         try:
             while self.step < total:
@@ -432,24 +431,22 @@ class DSPTraining:
                 self.step += 1
                 window_n += 1
                 self.last = {k: float(v) for k, v in record.items()}
-                bar.update(1)
+                if self.progress is not None:
+                    self.progress(self.step, total, self.last)
                 if self.step % t.log_every == 0 or self.step == total:
                     now = time.time()
                     ips = window_n * t.batch_size / max(now - window_start, 1e-9)
                     lr = self.pretrain_lr(self.step - 1) if stage1 else self._style_trainer().current_lr(self.step - cfg.pretrain_iters)
                     append_metrics(self.run, {"iter": self.step, **record, "lr": lr, "images_per_s": ips,
                                               "time": now - start_time})  # fmt: skip
-                    bar.set_postfix({k: f"{v:.3g}" for k, v in record.items() if k != "stage"})
                     window_start, window_n = now, 0
                 if self.step % t.sample_every == 0 or self.step == total or self.step == cfg.pretrain_iters:
                     self.save_samples()
                 if self.step % t.checkpoint_every == 0 or self.step == total:
                     self.save_checkpoint()
         except KeyboardInterrupt:
-            bar.close()
             self.save_checkpoint()
             raise
-        bar.close()
         dsp_dir = self.modules.dsp(cfg).save(self.run.root, fp16=t.fp16)
         return TrainResult(self.run.root, self.step, self.last, time.time() - start_time, dsp_dir)
 
@@ -460,7 +457,7 @@ def train_dsp(
     overrides: list[str] | tuple[str, ...] = (),
     resume: bool = False,
     overwrite: bool = False,
-    progress: bool = True,
+    progress: ProgressFn | None = None,
 ) -> TrainResult:
     """Train (or resume) a DSP into ``out``; returns a :class:`TrainResult`.
 
@@ -476,12 +473,13 @@ def train_dsp(
         cfg = load_dsp_config(config, overrides)
     if resume:  # a foreign or truncated checkpoint is refused before anything is written
         load_checkpoint(RunDir(run_root).last_checkpoint, required=CHECKPOINT_KEYS)
-    content_pool(cfg), style_pool(cfg)  # bad content / style sources fail before the folder is created
-    run = prepare_out(run_root, resume=resume, overwrite=overwrite)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
+    # modules (vgg19 weights), content and style sources: everything that can fail on bad input is built
+    # before the run folder is created, so a failed start leaves nothing behind
+    training = DSPTraining(cfg, RunDir(run_root), progress=progress)
+    run = prepare_out(run_root, resume=resume, overwrite=overwrite)
     atomic_write_text(tree_to_yaml(cfg), run.config)
-    training = DSPTraining(cfg, run, progress=progress)
     if resume:
         training.resume()
     return training.run_all()

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from npdg.config import DEFAULT_RATE
+from npdg.config import DEFAULT_MAX_LAYER_RATIO, DEFAULT_RATE, DEFAULT_ROUND_TO
 from npdg.errors import ConfigError, DataError
 from npdg.models.gates import attention_modules, head_dim
 from npdg.models.units import KINDS, CouplingGroup, coupling_groups, head_group_ids, unit_layers
@@ -96,8 +96,8 @@ class PruningPlan:
     groups: tuple[GroupPlan, ...]
     layers: tuple[LayerPlan, ...]
     example_size: tuple[int, int] = (64, 64)
-    round_to: int = 8
-    max_layer_ratio: float = 0.9
+    round_to: int = DEFAULT_ROUND_TO
+    max_layer_ratio: float = DEFAULT_MAX_LAYER_RATIO
     candidates: dict = field(default_factory=dict)  # kind -> number of candidate units
     note: str = ""
 
@@ -389,8 +389,8 @@ def select(
     label: str | None = None,
     rate: float = DEFAULT_RATE,
     threshold: float | None = None,
-    round_to: int = 8,
-    max_layer_ratio: float = 0.9,
+    round_to: int = DEFAULT_ROUND_TO,
+    max_layer_ratio: float = DEFAULT_MAX_LAYER_RATIO,
     example_size: tuple[int, int] = (64, 64),
     seed: int = 0,
     kinds: tuple[str, ...] = KINDS,

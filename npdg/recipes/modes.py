@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from npdg.config import Config
+from npdg.data.specs import parse_spec
+from npdg.dsp.model import DSP
 from npdg.errors import ConfigError
 from npdg.evaluate import get_protocol
 
@@ -112,10 +114,15 @@ def cli_criteria() -> list[str]:
 
 def check_config(cfg: Config) -> Config:
     """The checks only the recipes can make: known mode and criterion, a DSP where the mode needs
-    one, a known evaluation protocol (also when evaluation is off, so nothing invalid is stored)."""
+    one (and a loadable one wherever ``dsp.path`` is set), well-formed dataset specs, a known
+    evaluation protocol (also when evaluation is off, so nothing invalid is stored)."""
     m = mode(cfg.train.mode)
     criterion(cfg.prune.criterion)
     get_protocol(cfg.eval.protocol)
+    for spec in (cfg.data.source, *cfg.data.targets):  # also targets only read at the final evaluation
+        parse_spec(spec)
+    if cfg.dsp.path:  # a DSP named but broken fails now, before any folder exists (also when unused)
+        DSP.load(cfg.dsp.path)
     if m.needs_dsp and not cfg.dsp.path:
         raise ConfigError(
             f"train.mode {m.name} needs a trained DSP: set dsp.path (e.g. --set dsp.path=assets/dsp_tiny), "

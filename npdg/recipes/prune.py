@@ -17,6 +17,7 @@ from pathlib import Path
 
 from npdg.config import Config, PruneConfig, dump_config, load_config, validate
 from npdg.cost import compare, cost_report
+from npdg.dsp.model import DSP
 from npdg.errors import ConfigError, DataError
 from npdg.models import save_model, select_device
 from npdg.pruning.physical import load_model, prune_model
@@ -55,6 +56,7 @@ def resolve_dsp(dsp_dir: str | Path | None) -> Path | None:
     path = Path(dsp_dir)
     if not path.is_dir():
         raise DataError(f"DSP directory not found: {path}")
+    DSP.load(path)  # a broken DSP fails before the output folder is created
     return path
 
 

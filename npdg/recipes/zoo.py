@@ -40,7 +40,7 @@ from npdg.errors import DataError
 from npdg.evaluate import evaluate, get_protocol
 from npdg.models import save_model, select_device
 from npdg.pruning.physical import load_model
-from npdg.recipes.prune import prune_run
+from npdg.recipes.prune import DEFAULT_DSP, prune_run
 from npdg.recipes.sparse import sparse_train
 from npdg.recipes.train import train
 from npdg.runs import atomic_write_json, atomic_write_text, load_checkpoint, read_metrics
@@ -49,7 +49,7 @@ from npdg.sensitivity import SensitivityResult, probe
 REPO = Path(__file__).resolve().parents[2]
 ZOO_DIR = REPO / "assets" / "zoo"
 WORK_DIR = REPO / "runs" / "zoo"
-DSP_DIR = REPO / "assets" / "dsp_tiny"
+DSP_DIR = DEFAULT_DSP
 #: The evaluation set of every card: the first N scenes of each synthetic domain's val split.
 EVAL_SPLIT, EVAL_SCENES, EVAL_SIZE = "val", 50, (128, 256)
 COST_SIZES = ((128, 256), (512, 1024))
@@ -283,9 +283,12 @@ def export(e: Entry, run: Path, facts: dict[str, Any], device: str = "cpu", log:
     card["files"] = {p.name: {"sha256": sha256(p), "bytes": p.stat().st_size}
                      for p in sorted(tmp.iterdir()) if p.is_file() and p.name != CARD}
     atomic_write_text(json.dumps(card, indent=2) + "\n", tmp / CARD)
+    old = ZOO_DIR / f".{e.name}.old"
+    shutil.rmtree(old, ignore_errors=True)
     if dst.exists():
-        shutil.rmtree(dst)
+        dst.rename(old)  # the previous version stays complete until the new one is in place
     tmp.rename(dst)
+    shutil.rmtree(old, ignore_errors=True)
     return dst
 
 

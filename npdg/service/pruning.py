@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from npdg.config import DEFAULT_RATE
+from npdg.config import DEFAULT_MAX_LAYER_RATIO, DEFAULT_RATE, DEFAULT_ROUND_TO
 from npdg.errors import ConfigError
 from npdg.explain import ErrorMap, error_map
 from npdg.pruning.cost import PlanCost, plan_hash
@@ -57,8 +57,8 @@ def select_plan(
     criterion: str = "npdg",
     rate: float = DEFAULT_RATE,
     threshold: float | None = None,
-    round_to: int = 8,
-    max_layer_ratio: float = 0.9,
+    round_to: int = DEFAULT_ROUND_TO,
+    max_layer_ratio: float = DEFAULT_MAX_LAYER_RATIO,
     seed: int = 0,
     sensitivity: str | Path | None = None,
     lam: float | None = None,

@@ -127,3 +127,44 @@ def test_styles_page_binds_its_widgets_to_the_url(server):
         page.screenshot(path=str(ARTIFACTS / "styles_page.png"), full_page=True)
         assert not page.locator("[data-testid='stException']").count()
         browser.close()
+
+
+def test_sensitivity_heatmap_click_selects_a_layer(server):
+    """A click on the ECharts heatmap (DASHBOARD.md fact 5) selects that cell's layer for the scatter."""
+    from playwright.sync_api import sync_playwright
+
+    from npdg.recipes import zoo
+
+    if not (zoo.ZOO_DIR / "r18-erm" / "sensitivity_dsp.csv").is_file():
+        pytest.skip("zoo r18-erm tables not shipped")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    selected = "[...document.querySelectorAll('[data-testid=\"stMarkdownContainer\"]')]" \
+               ".map(e => e.innerText).find(t => t.startsWith('Selected layer:')) || ''"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1100})
+        page.goto(f"{server}/sensitivity", wait_until="domcontentloaded")
+        page.wait_for_selector(IDLE, timeout=120_000)
+        page.get_by_text("Sensitivity — which units react to style").wait_for(timeout=60_000)
+        canvas = page.locator(".st-key-sens_heatmap canvas").first
+        canvas.wait_for(timeout=60_000)
+        page.wait_for_function(f"() => ({selected}).includes('net.encoder.bn1')", timeout=60_000)
+        page.wait_for_timeout(1000)  # let ECharts finish its first layout
+        box = canvas.bounding_box()
+        assert box and box["width"] > 300 and box["height"] > 300, box
+        # inside the plot area: right of the layer labels (≤ 180 px), left of the colour bar (80 px)
+        x = box["x"] + 180 + (box["width"] - 260) * 0.5
+        y = box["y"] + 10 + (box["height"] - 50) * 0.55
+        page.mouse.click(x, y)
+        page.wait_for_function(f"() => {{ const t = {selected}; return t && !t.includes('net.encoder.bn1 '); }}",
+                               timeout=60_000)
+        page.wait_for_selector(IDLE, timeout=120_000)
+        text = page.evaluate(selected)
+        assert "clicked" in text, text
+        page.mouse.move(box["x"] + 5, box["y"] - 40)  # no tooltip in the picture
+        page.set_viewport_size({"width": 1400, "height": 2900})  # Streamlit scrolls inside: show the whole page
+        page.wait_for_timeout(1500)
+        page.screenshot(path=str(ARTIFACTS / "sensitivity_page.png"), full_page=True)
+        assert not page.locator("[data-testid='stException']").count()
+        browser.close()
+    assert (ARTIFACTS / "sensitivity_page.png").stat().st_size > 20_000

@@ -1,0 +1,307 @@
+"""Sensitivity page: which units (BN filters, attention heads) react to style, and how much?
+
+Widgets → :mod:`npdg.service.sensitivity` → heatmap, layer table, strip, scatter, DSP-vs-oracle
+agreement (docs/method.md §3). Source, λ, score and layer live in the URL; λ re-mixes the saved
+statistics without a forward pass. Zoo models ship precomputed tables; other models can be probed
+here (a few seconds on a CPU).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import plotly.express as px
+import streamlit as st
+
+from app import components, heatmap
+from app.models import model_panel
+from npdg.service import sensitivity as sens
+from npdg.service import styles
+from npdg.service.data import HELDOUT_DOMAINS, SOURCE_DOMAIN
+
+SOURCES = {"DSP styles": "dsp", "held-out renderings (oracle)": "oracle"}
+HEATMAP_KEY = "sens_heatmap"
+_COMPUTED = "_sens_computed"  # (model id, source) → SensitivityResult probed in this session
+_LAST_CLICK = "_sens_last_click"  # the heatmap selection already applied (a selection persists across reruns)
+_CELL = "_sens_cell"  # (full layer, first unit, last unit, units label) of the last clicked cell
+ORACLE_DOMAINS = (SOURCE_DOMAIN, *HELDOUT_DOMAINS)  # as the zoo's precomputed oracle table
+
+st.title("Sensitivity — which units react to style")
+st.markdown(
+    "NPDG prunes the units that are **sensitive to style**. Each unit (a BN filter, or a SegFormer attention "
+    "head) is probed with the same images in several styles: **unary** is the share of its activation "
+    "variance that the style explains, **binary** how strongly its style reaction is correlated with the "
+    "other units of its layer. Both are min-max normalized within a layer and mixed as "
+    "**w = λ·wᵁ + (1 − λ)·wᴮ** (docs/method.md §3); a high w marks a unit that sparse training pushes "
+    "towards zero."
+)
+
+model = model_panel()
+
+c1, c2, c3 = st.columns([3, 3, 3])
+src_label = c1.radio(
+    "Probe source", list(SOURCES), key="src", bind="query-params", horizontal=True,
+    help="DSP styles: source images restyled by DSP (what NPDG trains and prunes with). Held-out renderings: "
+         "the same scenes in the true target domains — a diagnostic of how well DSP stands in for them, never "
+         "used for training or selection.",
+)
+lam = c2.slider(
+    "λ (weight of the unary score)", 0.0, 1.0, float(sens.DEFAULT_LAMBDA), 0.05, key="lam", bind="query-params",
+    help="w = λ·wᵁ + (1 − λ)·wᴮ. Re-mixes the saved statistics instantly (no forward pass). "
+         "0.4 is the paper's best value. Only the combined score depends on it.",
+)
+score = c3.radio(
+    "Score", list(heatmap.SCORES), index=2, key="score", bind="query-params", horizontal=True,
+    help="unary wᵁ, binary wᴮ (each normalized to [0, 1] within its layer) or their combination w at λ.",
+)
+source = SOURCES[src_label]
+column = heatmap.SCORES[score]
+label = f"w at λ = {lam:.2f}" if score == "combined" else f"w ({score})"
+
+
+def _saved(model_dir: Path, source: str) -> Path | None:
+    """The precomputed table of ``source`` next to a model (zoo: ``sensitivity_dsp|oracle.csv``; a run's
+    saved DSP tables — ``npdg sensitivity`` output or sparse-training refreshes — count for DSP)."""
+    path = model_dir / f"sensitivity_{source}.csv"
+    if path.is_file():
+        return path
+    if source == "dsp" and model_dir.is_dir():
+        found = sens.run_tables(model_dir)
+        if found:
+            return Path(found[-1])
+    return None
+
+
+def _table(source: str):
+    """(result, where it came from) for the chosen model and ``source``; (None, reason) when there is none."""
+    if model is None:
+        return None, "no model"
+    path = _saved(model.path, source)
+    if path is not None:
+        return sens.load_table(path), f"precomputed: {path.name}"
+    found = st.session_state.get(_COMPUTED, {}).get((model.id, source))
+    return (found, "computed in this session") if found is not None else (None, "none yet")
+
+
+def _tables() -> dict[str, tuple]:
+    """source → (result or None, where it came from, error or None) for the chosen model."""
+    out = {}
+    for src in SOURCES.values():
+        try:
+            out[src] = (*_table(src), None)
+        except Exception as exc:  # a corrupt file: shown once, for the source on screen
+            out[src] = (None, "error", exc)
+    return out
+
+
+def _provenance(meta: dict, where: str) -> str:
+    model_txt = f"{meta.get('arch', '?')}/{meta.get('encoder', '?')}"
+    size = meta.get("size")
+    size_txt = f" at {size[0]}×{size[1]}" if isinstance(size, list | tuple) and len(size) == 2 else ""
+    doms = meta.get("domains") or meta.get("oracle_domains")
+    if doms:
+        probe_txt = (f"{meta.get('images', '?')} {meta.get('split', 'val')} scenes × {len(doms)} renderings "
+                     f"({', '.join(doms)})")
+    else:
+        probe_txt = f"{meta.get('images', '?')} source images × {meta.get('styles', '?')} DSP styles, seed {meta.get('seed', '?')}"
+    return (f"{where.capitalize()} — {probe_txt}{size_txt}, unary mode `{meta.get('unary', '?')}`, probed on "
+            f"{model_txt} and saved with λ = {meta.get('lam', '?')}; shown re-mixed at λ = {lam:.2f}.")
+
+
+def _compute(source: str) -> None:
+    """The 'probe it now' panel for a model without a saved table of ``source``."""
+    st.info(f"**{model.label}** has no precomputed {src_label} table. Probe it here (small defaults; a few "
+            "seconds on a CPU) — the result is kept for this session.")
+    p1, p2, p3 = st.columns([2, 2, 3])
+    n_images = p1.number_input(
+        "Images" if source == "dsp" else "Scenes", 2, 32, 8, 1, key=f"probe_n_{source}",
+        help="Source training images (DSP) or val scenes (oracle) in the probe batch.",
+    )
+    if source == "dsp":
+        n_styles = p2.number_input("Styles K", 2, 8, 4, 1, key="probe_k",
+                                   help="DSP styles per image (K ≥ 2: the unary score is a variance across styles).")
+    else:
+        n_styles = len(ORACLE_DOMAINS)
+        p2.caption(f"Renderings per scene: {', '.join(ORACLE_DOMAINS)}")
+    if not p3.button("Compute probe", type="primary", key=f"probe_go_{source}",
+                     help="One forward pass per probe batch through npdg.service.sensitivity."):
+        return
+    with st.status(f"Probing {model.label} ({int(n_images)} × {int(n_styles)})…", expanded=False) as status:
+        bar = st.progress(0.0)
+        progress = lambda d, t: bar.progress(min(1.0, d / max(t, 1)))
+        try:
+            if source == "dsp":
+                res = sens.probe_dsp(model.path, styles.DEFAULT_DSP, n_images=int(n_images), n_styles=int(n_styles),
+                                     progress=progress)
+            else:
+                res = sens.probe_oracle(model.path, domains=ORACLE_DOMAINS, indices=tuple(range(int(n_images))),
+                                        progress=progress)
+        except Exception as exc:  # never a traceback in the dashboard
+            status.update(label="failed", state="error")
+            components.error_box(exc)
+            return
+        status.update(label="done", state="complete")
+    st.session_state.setdefault(_COMPUTED, {})[(model.id, source)] = res
+
+
+def _select_from_click(cells) -> None:
+    """Apply a *new* heatmap click to the layer selectbox (run before the selectbox exists)."""
+    event = st.session_state.get(HEATMAP_KEY)
+    idx = heatmap.selected_indices(event)
+    if idx == st.session_state.get(_LAST_CLICK):
+        return
+    st.session_state[_LAST_CLICK] = idx
+    cell = heatmap.clicked_cell(event, cells)
+    if cell is None:
+        return
+    st.session_state["layer"] = cell["full_layer"]
+    st.session_state[_CELL] = (cell["full_layer"], int(cell["first"]), int(cell["last"]), cell["units"])
+
+
+def _overview(res, where: str) -> None:
+    table = res.table
+    layers = heatmap.layer_order(table)
+    cells = heatmap.bin_layers(table, column)
+    kinds = sorted(table["kind"].astype(str).unique())
+    nouns = " and ".join(heatmap.unit_noun(k) for k in kinds)
+    st.subheader(f"Overview — {len(layers)} layers × their {nouns}")
+    st.caption(_provenance(res.meta, where) + f" Colour: {label}, one scale [0, 1] for every layer; layers wider "
+               f"than {heatmap.MAX_COLS} units are shown as {heatmap.MAX_COLS} bins (mean per bin). "
+               "Click a cell to select its layer.")
+    spec = heatmap.heatmap_spec(cells, layers, value_name="w")
+    st.echarts_chart(spec, on_select="rerun", key=HEATMAP_KEY, height=max(320, 19 * len(layers) + 70),
+                     alt=f"Heatmap of {label} for {len(layers)} layers (rows) by units (columns)")
+    _select_from_click(cells)
+
+    layer = st.selectbox(
+        "Selected layer", layers, key="layer", bind="query-params", format_func=heatmap.short_layer,
+        help="The layer shown in the scatter below (also set by clicking the heatmap), in model order.",
+    )
+    cell = st.session_state.get(_CELL)
+    cell = cell if cell and cell[0] == layer else None
+    rows = table[table["layer"].astype(str) == layer]
+    picked = rows[rows["unit"].between(cell[1], cell[2])] if cell else rows.iloc[:0]
+    cell_txt = f" · clicked {cell[3]} (mean w = {picked[column].mean():.3f})" if cell and len(picked) else ""
+    kind = str(rows["kind"].iloc[0]) if len(rows) else "?"
+    st.markdown(f"**Selected layer:** `{layer}` — {len(rows)} {heatmap.unit_noun(kind, len(rows) != 1)}, "
+                f"mean {label} = {rows[column].mean():.3f}{cell_txt}")
+
+    summary = heatmap.layer_scores(table, sens.layer_summary(res), column)
+    left, right = st.columns([1, 1])
+    with left:
+        _scatter(rows, layer, kind, cell)
+    with right:
+        st.markdown(f"**Layers** (model order) — {label}")
+        st.dataframe(
+            summary, hide_index=True, height=360, key="sens_layers",
+            column_config={
+                "layer": st.column_config.TextColumn("layer", help="Module name inside the model."),
+                "mean w": st.column_config.ProgressColumn("mean w", min_value=0.0, max_value=1.0, format="%.3f",
+                                                          help=f"Mean {label} over the layer's units."),
+                "max w": st.column_config.NumberColumn("max w", format="%.3f"),
+                "mean |γ|": st.column_config.NumberColumn("mean |γ|", format="%.3f",
+                                                          help="Mean |BN weight| (filters) or |head gate| (heads)."),
+                "unary (raw mean)": st.column_config.NumberColumn(format="%.3f"),
+                "binary (raw mean)": st.column_config.NumberColumn(format="%.3f"),
+            },
+        )
+
+    strip = summary.assign(short=summary["layer"].map(heatmap.short_layer), block=summary["layer"].map(heatmap.block_of))
+    fig = px.bar(strip, x="short", y="mean w", color="mean w", range_color=(0, 1),
+                 color_continuous_scale=heatmap.PLOTLY_SCALE, hover_data={"block": True, "size": True, "kind": True},
+                 labels={"short": "layer (model order)", "mean w": f"mean {label}"}, height=330)
+    fig.update_traces(marker_line_color=["#ff2d55" if n == layer else "rgba(0,0,0,0)" for n in strip["layer"]],
+                      marker_line_width=3)
+    fig.update_layout(margin=dict(l=0, r=0, t=40, b=0), title="Architecture strip — mean sensitivity per layer",
+                      xaxis_tickangle=-50, xaxis_tickfont_size=10, coloraxis_colorbar_title="")
+    st.plotly_chart(fig, width="stretch", key="sens_strip")
+
+    d1, d2, _ = st.columns([1, 1, 2])
+    stem = f"sensitivity_{source}_{model.label.split()[0]}_lam{lam:.2f}"
+    d1.download_button("Download unit table (CSV)", data=lambda: res.table.to_csv(index=False),
+                       file_name=f"{stem}.csv", mime="text/csv", key="dl_units",
+                       help="One row per unit: raw unary/binary, normalized wᵁ/wᴮ, combined w at this λ, γ, group.")
+    d2.download_button("Download layer table (CSV)", data=lambda: summary.to_csv(index=False),
+                       file_name=f"{stem}_layers.csv", mime="text/csv", key="dl_layers",
+                       help="The layer table above (means and maxima of the shown score).")
+
+
+def _scatter(rows, layer: str, kind: str, cell) -> None:
+    if not len(rows):
+        st.info("This layer is not in the table.")
+        return
+    data = rows.assign(picked=rows["unit"].between(cell[1], cell[2]) if cell else False)
+    fig = px.scatter(data, x="w_unary", y="w_binary", color="combined", range_color=(0, 1),
+                     color_continuous_scale=heatmap.PLOTLY_SCALE, symbol="picked" if cell else None,
+                     symbol_map={True: "diamond", False: "circle"},
+                     hover_data={"unit": True, "unary": ":.3f", "binary": ":.3f", "gamma": ":.3f", "picked": False},
+                     labels={"w_unary": "wᵁ (unary, normalized)", "w_binary": "wᴮ (binary, normalized)",
+                             "combined": "w"}, height=400)
+    fig.update_layout(title=f"Unary vs binary — {heatmap.short_layer(layer)}", margin=dict(l=0, r=0, t=40, b=0),
+                      xaxis_range=[-0.05, 1.05], yaxis_range=[-0.05, 1.05], showlegend=False)
+    st.plotly_chart(fig, width="stretch", key="sens_scatter")
+    st.caption(f"One point per {heatmap.unit_noun(kind, False)}; colour = combined w at λ = {lam:.2f}"
+               + ("; diamonds = the clicked heatmap cell." if cell else "."))
+
+
+def _agreement(dsp, oracle) -> None:
+    st.subheader("Does DSP find the same units as the real domain shifts?")
+    st.markdown(
+        "For each layer, **Spearman's ρ** between the units' scores under DSP styles and under the held-out "
+        "renderings: ρ = 1 means DSP ranks that layer's units exactly as the true target domains do (pruning "
+        "by DSP removes the units the real shifts hit), ρ ≈ 0 means the DSP ranking says nothing about them. "
+        f"Computed on the shown score ({label})."
+    )
+    if dsp is None or oracle is None:
+        st.info("Needs both tables of this model: pick the other probe source above and compute it.")
+        return
+    try:
+        agree = sens.rank_agreement(sens.recombine(dsp, float(lam)), sens.recombine(oracle, float(lam)), column=column)
+    except Exception as exc:
+        components.error_box(exc)
+        return
+    agree = agree.assign(short=agree["layer"].map(heatmap.short_layer))
+    fig = px.bar(agree, x="short", y="spearman", color="spearman", range_color=(-1, 1), range_y=(-1, 1),
+                 color_continuous_scale="RdBu", hover_data={"size": True, "kind": True},
+                 labels={"short": "layer (model order)", "spearman": "Spearman ρ"}, height=320)
+    fig.update_layout(margin=dict(l=0, r=0, t=10, b=0), xaxis_tickangle=-50, xaxis_tickfont_size=10,
+                      coloraxis_showscale=False)
+    st.plotly_chart(fig, width="stretch", key="sens_agree")
+    st.caption(f"Mean ρ over layers: {agree['spearman'].mean():.3f} (layers constant in either table are left out).")
+
+
+if model is None:
+    st.info("Pick a model in the sidebar to see its sensitivity.")
+else:
+    tables = _tables()
+    base, where, problem = tables[source]
+    if problem is not None:
+        components.error_box(problem)
+    elif base is None:
+        _compute(source)
+        tables = _tables()
+        base, where, _ = tables[source]
+    if base is not None:
+        try:
+            _overview(sens.recombine(base, float(lam)), where)
+        except Exception as exc:
+            components.error_box(exc)
+    try:
+        _agreement(tables["dsp"][0], tables["oracle"][0])
+    except Exception as exc:
+        components.error_box(exc)
+
+with st.expander("What am I looking at? (teaching notes)"):
+    st.markdown(
+        "- **Overview**: one row per prunable layer (model order, input at the top), one cell per unit — wide "
+        "layers averaged over runs of consecutive units. Bright = sensitive to style. Click a cell to select "
+        "its layer.\n"
+        "- **λ** only re-weights two saved statistics, so moving it is instant: λ = 1 ranks by how much a unit's "
+        "own activation moves with style (unary), λ = 0 by how much its style reaction is shared with the rest "
+        "of the layer (binary, redundant units).\n"
+        "- **Layer table and strip**: where in the network sensitivity sits — typically in the early layers "
+        "(colour and texture statistics) more than in the decoder.\n"
+        "- **Unary vs binary**: the two signals of one layer; units in the top-right are pruned first.\n"
+        "- **DSP vs oracle**: NPDG never sees the target domains; the oracle probe does, only to check that the "
+        "DSP styles point at the same units (a diagnostic, never used for training or selection)."
+    )
