@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import plotly.express as px
+import plotly.graph_objects as go
 import streamlit as st
 
 from app import components, heatmap
@@ -167,13 +168,14 @@ def _overview(res, where: str) -> None:
     st.subheader(f"Overview — {len(layers)} layers × their {nouns}")
     st.caption(_provenance(res.meta, where) + f" Colour: {label}, one scale [0, 1] for every layer; layers wider "
                f"than {heatmap.MAX_COLS} units are shown as {heatmap.MAX_COLS} bins (mean per bin). "
-               "Click a cell to select its layer.")
+               "Blank cells: the layer has fewer units than the widest one. Click a cell to select its layer.")
     spec = heatmap.heatmap_spec(cells, layers, value_name="w")
     st.echarts_chart(spec, on_select="rerun", key=HEATMAP_KEY, height=max(320, 19 * len(layers) + 70),
                      alt=f"Heatmap of {label} for {len(layers)} layers (rows) by units (columns)")
     _select_from_click(cells)
 
-    layer = st.selectbox(
+    pick, info = st.columns([2, 5], vertical_alignment="bottom")
+    layer = pick.selectbox(
         "Selected layer", layers, key="layer", bind="query-params", format_func=heatmap.short_layer,
         help="The layer shown in the scatter below (also set by clicking the heatmap), in model order.",
     )
@@ -183,20 +185,24 @@ def _overview(res, where: str) -> None:
     picked = rows[rows["unit"].between(cell[1], cell[2])] if cell else rows.iloc[:0]
     cell_txt = f" · clicked {cell[3]} (mean w = {picked[column].mean():.3f})" if cell and len(picked) else ""
     kind = str(rows["kind"].iloc[0]) if len(rows) else "?"
-    st.markdown(f"**Selected layer:** `{layer}` — {len(rows)} {heatmap.unit_noun(kind, len(rows) != 1)}, "
+    info.markdown(f"**Selected layer:** `{layer}` — {len(rows)} {heatmap.unit_noun(kind, len(rows) != 1)}, "
                 f"mean {label} = {rows[column].mean():.3f}{cell_txt}")
 
     summary = heatmap.layer_scores(table, sens.layer_summary(res), column)
-    left, right = st.columns([1, 1])
+    left, right = st.columns([1, 1.7])
     with left:
         _scatter(rows, layer, kind, cell)
     with right:
         st.markdown(f"**Layers** (model order) — {label}")
         st.dataframe(
-            summary, hide_index=True, height=360, key="sens_layers",
+            summary.assign(layer=summary["layer"].map(heatmap.short_layer)), hide_index=True, height=360, width="stretch",
+            key="sens_layers",
             column_config={
-                "layer": st.column_config.TextColumn("layer", help="Module name inside the model."),
-                "mean w": st.column_config.ProgressColumn("mean w", min_value=0.0, max_value=1.0, format="%.3f",
+                "layer": st.column_config.TextColumn("layer", width="medium",
+                                                     help="Module name inside the model (without `net.`)."),
+                "kind": st.column_config.TextColumn("kind", width="small"),
+                "size": st.column_config.NumberColumn("size", width="small", help="Units in the layer."),
+                "mean w": st.column_config.ProgressColumn("mean w", min_value=0.0, max_value=1.0, format="%.3f", width="medium",
                                                           help=f"Mean {label} over the layer's units."),
                 "max w": st.column_config.NumberColumn("max w", format="%.3f"),
                 "mean |γ|": st.column_config.NumberColumn("mean |γ|", format="%.3f",
@@ -230,18 +236,21 @@ def _scatter(rows, layer: str, kind: str, cell) -> None:
     if not len(rows):
         st.info("This layer is not in the table.")
         return
-    data = rows.assign(picked=rows["unit"].between(cell[1], cell[2]) if cell else False)
-    fig = px.scatter(data, x="w_unary", y="w_binary", color="combined", range_color=(0, 1),
-                     color_continuous_scale=heatmap.PLOTLY_SCALE, symbol="picked" if cell else None,
-                     symbol_map={True: "diamond", False: "circle"},
-                     hover_data={"unit": True, "unary": ":.3f", "binary": ":.3f", "gamma": ":.3f", "picked": False},
+    fig = px.scatter(rows, x="w_unary", y="w_binary", color="combined", range_color=(0, 1),
+                     color_continuous_scale=heatmap.PLOTLY_SCALE,
+                     hover_data={"unit": True, "unary": ":.3f", "binary": ":.3f", "gamma": ":.3f"},
                      labels={"w_unary": "wᵁ (unary, normalized)", "w_binary": "wᴮ (binary, normalized)",
                              "combined": "w"}, height=400)
+    if cell:
+        picked = rows[rows["unit"].between(cell[1], cell[2])]
+        fig.add_trace(go.Scatter(x=picked["w_unary"], y=picked["w_binary"], mode="markers", name=cell[3],
+                                 hoverinfo="skip", marker=dict(symbol="circle-open", size=14, color="#ff2d55",
+                                                               line=dict(width=2))))
     fig.update_layout(title=f"Unary vs binary — {heatmap.short_layer(layer)}", margin=dict(l=0, r=0, t=40, b=0),
                       xaxis_range=[-0.05, 1.05], yaxis_range=[-0.05, 1.05], showlegend=False)
     st.plotly_chart(fig, width="stretch", key="sens_scatter")
     st.caption(f"One point per {heatmap.unit_noun(kind, False)}; colour = combined w at λ = {lam:.2f}"
-               + ("; diamonds = the clicked heatmap cell." if cell else "."))
+               + (f"; red rings = the clicked heatmap cell ({cell[3]})." if cell else "."))
 
 
 def _agreement(dsp, oracle) -> None:

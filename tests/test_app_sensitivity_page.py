@@ -73,7 +73,7 @@ def test_renders_heatmap_table_strip_scatter_and_agreement(page):
     assert len(charts) == 1
     assert len(charts[0].proto.SerializeToString()) < 1_000_000  # binned + rounded payload
     table = _layers(at)
-    assert list(table["layer"])[:2] == ["net.encoder.bn1", "net.encoder.layer1.0.bn1"]  # model order
+    assert list(table["layer"])[:2] == ["encoder.bn1", "encoder.layer1.0.bn1"]  # model order, shown without "net."
     assert len(table) == 29 and set(table["kind"]) == {"filter"}
     assert {"mean w", "max w", "size", "mean |γ|"} <= set(table.columns)
     assert (table["size"] == pd.read_csv(R18 / "sensitivity_dsp.csv").groupby("layer", sort=False).size().values).all()
@@ -185,7 +185,11 @@ def local_runs(tmp_path, monkeypatch):
 
 
 def test_heads_table_of_a_segformer_run(local_runs):
-    at = _open("run:runs/mit-heads")
+    at = _open(layer="encoder.layer3.0.bn2")  # a layer the next model does not have
+    assert at.selectbox(key="layer").value == "net.encoder.layer3.0.bn2"
+    at.selectbox(key="m").set_value("run:runs/mit-heads").run()
+    assert not at.exception
+    assert at.selectbox(key="layer").value == "net.decoder.fuse_stage.1"  # back to the first layer
     assert at.selectbox(key="m").value == "run:runs/mit-heads"
     assert not at.error
     assert "filters and heads" in at.subheader[0].value

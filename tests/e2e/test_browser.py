@@ -161,8 +161,9 @@ def test_sensitivity_heatmap_click_selects_a_layer(server):
         page.wait_for_selector(IDLE, timeout=120_000)
         text = page.evaluate(selected)
         assert "clicked" in text, text
+        page.wait_for_url("**layer=*", timeout=30_000)  # the click went through the URL-bound selectbox
         page.mouse.move(box["x"] + 5, box["y"] - 40)  # no tooltip in the picture
-        page.set_viewport_size({"width": 1400, "height": 2900})  # Streamlit scrolls inside: show the whole page
+        page.set_viewport_size({"width": 1400, "height": 2760})  # Streamlit scrolls inside: show the whole page
         page.wait_for_timeout(1500)
         page.screenshot(path=str(ARTIFACTS / "sensitivity_page.png"), full_page=True)
         assert not page.locator("[data-testid='stException']").count()
