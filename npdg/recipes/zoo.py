@@ -59,7 +59,7 @@ VERIFY_SCENES = 20
 ASCENT_CANDIDATES, ASCENT_PROBE_STEPS = (1.0, 0.5, 0.25), 9
 R18 = "configs/demo/deeplabv3plus_r18.yaml"
 MITB0 = "configs/demo/segformer_mitb0.yaml"
-DSP_SET = (f"dsp.path={DSP_DIR}",)
+DSP_SET = ("dsp.path=assets/dsp_tiny",)  # relative to the repository root: shipped configs stay portable
 CARD = "card.json"
 
 
@@ -260,6 +260,23 @@ def precompute_sensitivity(model_dir: Path, device: str = "cpu") -> dict[str, st
             "oracle": f"sensitivity_oracle.csv (8 val scenes × {len(domains)} domains: {', '.join(domains)})"}
 
 
+def portable(text: str) -> str:
+    """``text`` with this checkout's absolute path removed: paths in shipped configs and cards are
+    relative to the repository root (``assets/dsp_tiny``), so a zoo model works from any clone run
+    from its root."""
+    return text.replace(str(REPO) + "/", "")
+
+
+def relativize(name: str, zoo: Path | None = None) -> None:
+    """Make a shipped model's ``config.yaml`` and card portable (:func:`portable`), card hashes updated."""
+    zoo = ZOO_DIR if zoo is None else zoo
+    folder = zoo / name
+    atomic_write_text(portable((folder / "config.yaml").read_text()), folder / "config.yaml")
+    card = json.loads(portable((folder / CARD).read_text()))
+    card["files"]["config.yaml"] = {"sha256": sha256(folder / "config.yaml"), "bytes": (folder / "config.yaml").stat().st_size}
+    atomic_write_text(json.dumps(card, indent=2) + "\n", folder / CARD)
+
+
 def export(e: Entry, run: Path, facts: dict[str, Any], device: str = "cpu", log: Callable[[str], None] = print) -> Path:
     """Ship ``run`` as ``assets/zoo/NAME``: fp16 weights (+ plan), config, tables, and a measured card."""
     dst = ZOO_DIR / e.name
@@ -270,8 +287,9 @@ def export(e: Entry, run: Path, facts: dict[str, Any], device: str = "cpu", log:
     save_model(model, tmp / "model.safetensors", fp16=True, extra_meta={"zoo": e.name})
     if (run / "pruning_plan.json").is_file():
         shutil.copy2(run / "pruning_plan.json", tmp / "pruning_plan.json")
-    shutil.copy2(run / "config.yaml", tmp / "config.yaml")
+    atomic_write_text(portable((run / "config.yaml").read_text()), tmp / "config.yaml")
     log(f"zoo: measuring {e.name} from its fp16 files")
+    facts = json.loads(portable(json.dumps(facts)))
     card: dict[str, Any] = {"name": e.name, "what": e.summary, "kind": e.kind, "parent": e.parent,
                             "command": f"python -m npdg zoo build {e.name}", "seed": load_config(run / "config.yaml").train.seed,
                             **facts, "wall_seconds": _wall_seconds(run), "trained_on": machine()}
