@@ -55,6 +55,9 @@ def test_build_exports_measured_cards_and_tables(tiny_zoo):
     # the weights shipped are fp16 and the README renders the table
     assert dense["files"]["model.safetensors"]["bytes"] < 2.05 * dense["cost"]["64x128"]["params"]  # 2 bytes a weight
     assert card["files"]["model.safetensors"]["bytes"] < 0.8 * dense["files"]["model.safetensors"]["bytes"]
+    for name in ("r18-dsp", "r18-npdg"):  # shipped configs and cards carry no path of this checkout
+        assert str(zoo.REPO) not in (zoo.ZOO_DIR / name / "config.yaml").read_text()
+        assert str(zoo.REPO) not in (zoo.ZOO_DIR / name / "card.json").read_text()
     readme = (zoo.ZOO_DIR.parent / "README.md").read_text()
     assert "| r18-npdg | prune | r18-npdg-sparse |" in readme and "Total size of `assets/`" in readme
 
