@@ -397,7 +397,11 @@ def write_readme(zoo: Path | None = None) -> Path:
                      f"{100 * r.suburb:.1f} | {r.gflops:.2f} | {r.params_m:.2f} | {r.mb:.1f} | "
                      f"{'' if r.wall_s is None else f'{r.wall_s:.0f}'} |")
     total = sum(p.stat().st_size for p in zoo.parent.rglob("*") if p.is_file()) / 1e6 if zoo.parent.is_dir() else 0.0
-    lines += ["", f"Total size of `assets/`: {total:.1f} MB (budget 180 MB, no file over 30 MB).", ""]
+    shipped = t[t["shipped"]] if "shipped" in t else t.iloc[0:0]
+    wall = float(shipped["wall_s"].fillna(0).sum()) if "wall_s" in shipped else 0.0
+    lines += ["", f"Total size of `assets/`: {total:.1f} MB (budget 180 MB, no file over 30 MB).",
+              f"Training wall time of the {len(shipped)} shipped models: {wall / 60:.0f} min in all (see each card's "
+              "`trained_on`; exports and measurements add about 2 min per model).", ""]
     path = zoo.parent / "README.md"
     atomic_write_text("\n".join(lines), path)
     return path
