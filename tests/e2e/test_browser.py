@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -74,15 +75,24 @@ def server():
         proc.kill()
 
 
-def test_data_page_in_chromium(server):
+@contextmanager
+def _opened(url: str):
+    """Headless Debian chromium on ``url``, waited until the script has run."""
     from playwright.sync_api import sync_playwright
 
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1100})
-        page.goto(f"{server}/?domains=source,photo,night,fog,toon,suburb", wait_until="domcontentloaded")
+        page.goto(url, wait_until="domcontentloaded")
         page.wait_for_selector(IDLE, timeout=120_000)
+        yield page
+        browser.close()
+
+
+def test_data_page_in_chromium(server):
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with _opened(f"{server}/?domains=source,photo,night,fog,toon,suburb") as page:
         page.get_by_text("Data — one scene, many domains").wait_for(timeout=60_000)
         page.wait_for_selector("[data-testid='stImage'] img", timeout=60_000)
         assert page.locator("[data-testid='stImage'] img").count() == 6
@@ -102,36 +112,28 @@ def test_data_page_in_chromium(server):
         page.wait_for_timeout(500)
         page.screenshot(path=str(ARTIFACTS / "data_page.png"), full_page=True)
         assert not page.locator("[data-testid='stException']").count()
-        browser.close()
     assert (ARTIFACTS / "data_page.png").stat().st_size > 20_000
 
 
 def test_styles_page_binds_its_widgets_to_the_url(server):
     """A copied link reopens the same view: ?k=3 gives 3 styles, moving the slider rewrites the URL."""
-    from playwright.sync_api import sync_playwright
 
     from npdg.recipes import zoo
 
     if not (zoo.ZOO_DIR / "r18-erm" / "card.json").is_file():
         pytest.skip("zoo r18-erm not shipped")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1100})
-        page.goto(f"{server}/styles?k=3&scene=2", wait_until="domcontentloaded")
-        page.wait_for_selector(IDLE, timeout=120_000)
+    with _opened(f"{server}/styles?k=3&scene=2") as page:
         page.get_by_text("Styles — what DSP imitates").wait_for(timeout=60_000)
         page.get_by_text("style 2 — CE").first.wait_for(timeout=120_000)
         assert page.get_by_text("style 3 — CE").count() == 0  # K = 3 from the link: styles 0, 1, 2
         assert "m=zoo" in page.url or page.get_by_text("r18-erm (zoo)").count() >= 1
         page.screenshot(path=str(ARTIFACTS / "styles_page.png"), full_page=True)
         assert not page.locator("[data-testid='stException']").count()
-        browser.close()
 
 
 def test_sensitivity_heatmap_click_selects_a_layer(server):
     """A click on the ECharts heatmap (DASHBOARD.md fact 5) selects that cell's layer for the scatter."""
-    from playwright.sync_api import sync_playwright
 
     from npdg.recipes import zoo
 
@@ -140,11 +142,7 @@ def test_sensitivity_heatmap_click_selects_a_layer(server):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     selected = "[...document.querySelectorAll('[data-testid=\"stMarkdownContainer\"]')]" \
                ".map(e => e.innerText).find(t => t.startsWith('Selected layer:')) || ''"
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1100})
-        page.goto(f"{server}/sensitivity", wait_until="domcontentloaded")
-        page.wait_for_selector(IDLE, timeout=120_000)
+    with _opened(f"{server}/sensitivity") as page:
         page.get_by_text("Sensitivity — which units react to style").wait_for(timeout=60_000)
         canvas = page.locator(".st-key-sens_heatmap canvas").first
         canvas.wait_for(timeout=60_000)
@@ -167,5 +165,4 @@ def test_sensitivity_heatmap_click_selects_a_layer(server):
         page.wait_for_timeout(1500)
         page.screenshot(path=str(ARTIFACTS / "sensitivity_page.png"), full_page=True)
         assert not page.locator("[data-testid='stException']").count()
-        browser.close()
     assert (ARTIFACTS / "sensitivity_page.png").stat().st_size > 20_000
