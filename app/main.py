@@ -17,16 +17,11 @@ if str(ROOT) not in sys.path:
 import streamlit as st  # noqa: E402
 
 from app import components  # noqa: E402
+from app import nav as nav_pages  # noqa: E402
 
 st.set_page_config(page_title="npdg — NPDG dashboard", page_icon="🪨", layout="wide")
 
-PAGES = {
-    "Explore": [
-        st.Page("../pages/data.py", title="Data", icon="🏙️", url_path="data", default=True),
-        st.Page("../pages/styles.py", title="Styles", icon="🎨", url_path="styles"),
-        st.Page("../pages/sensitivity.py", title="Sensitivity", icon="🌡️", url_path="sensitivity"),
-    ],
-}
+PAGES = nav_pages.navigation_pages()
 
 nav = st.navigation(PAGES)
 with st.sidebar:

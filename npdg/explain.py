@@ -1,5 +1,6 @@
 """What a unit responds to and where a model errs: activation atlases and error maps.
 
+* :func:`unit_maps` — one unit's whole activation map per image (the same tap as the atlas);
 * :func:`activation_atlas` — for every image and every unit of one unit layer, the unit's spatial
   maximum (and mean) activation and where the maximum is. The activations are the ones the
   sensitivity probe measures (docs/method.md §3): a filter's BN output, a head's gated input slice of
@@ -41,10 +42,11 @@ ATLAS_COLUMNS: tuple[str, ...] = (
 class _Collector:
     """Per-unit spatial max / mean / argmax of one layer's activations, one batch at a time."""
 
-    def __init__(self, kind: str, size: int):
-        self.kind, self.size = kind, size
+    def __init__(self, kind: str, size: int, keep: int | None = None):
+        self.kind, self.size, self.keep = kind, size, keep
         self.hw: tuple[int, int] | None = None  # token grid of an attention layer (set by a pre-hook)
         self.rows: list[tuple[np.ndarray, np.ndarray, np.ndarray, int, int]] = []
+        self.maps: list[np.ndarray] = []  # full maps [N, H, W] of unit ``keep``, when asked for
 
     def add(self, act: torch.Tensor) -> None:
         """``act`` ``[N, C, H, W]`` (float) → per (image, unit) max, mean and flat argmax."""
@@ -52,6 +54,8 @@ class _Collector:
         if c != self.size:
             raise DataError(f"expected {self.size} units, the layer produced {c}")
         flat = act.float().reshape(n, c, h * w)
+        if self.keep is not None:
+            self.maps.append(flat[:, self.keep].reshape(n, h, w).cpu().numpy().astype(np.float32))
         mx, arg = flat.max(dim=2)
         self.rows.append((mx.cpu().numpy(), flat.mean(dim=2).cpu().numpy(), arg.cpu().numpy(), h, w))
 
@@ -70,6 +74,42 @@ class _Collector:
         h, w = self.hw if self.hw is not None and self.hw[0] * self.hw[1] == tokens else (1, tokens)
         norm = x.float().reshape(n, tokens, heads, width // heads).norm(dim=-1)  # [N, tokens, heads]
         self.add(norm.permute(0, 2, 1).reshape(n, heads, h, w))
+
+
+def _check_images(images: torch.Tensor, batch_size: int) -> None:
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3 or images.shape[0] < 1:
+        raise ConfigError(f"images must be a tensor [N, 3, H, W], got {getattr(images, 'shape', images)!r}")
+    if int(batch_size) < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+
+
+def _collect(model: nn.Module, images: torch.Tensor, layer: str, batch_size: int, progress: ProgressFn | None,
+             keep: int | None = None) -> _Collector:
+    """Run ``images`` through ``model`` with a collector on unit layer ``layer`` (hooks removed after)."""
+    layers = {u.name: u for u in probe_layers(model)}
+    if layer not in layers:
+        some = ", ".join(list(layers)[:3])
+        raise ConfigError(f"{layer!r} is not a unit layer of this model (e.g. {some}, ... {len(layers)} in all)")
+    unit = layers[layer]
+    if keep is not None and not 0 <= int(keep) < unit.size:
+        raise ConfigError(f"unit {keep} is out of range: {layer!r} has units 0 … {unit.size - 1}")
+    module = model.get_submodule(layer)
+    col = _Collector(unit.kind, unit.size, None if keep is None else int(keep))
+    device = next(model.parameters()).device
+    handles: list = []
+    n = images.shape[0]
+    total = math.ceil(n / int(batch_size))
+    with hooked(model, handles):
+        if unit.kind == "head":
+            handles.append(module.register_forward_pre_hook(col.attn_pre_hook))
+            handles.append(module.proj.register_forward_pre_hook(col.proj_pre_hook))  # after any gate hook
+        else:
+            handles.append(module.register_forward_hook(col.bn_hook))
+        batches = (images[s:s + int(batch_size)].float() for s in range(0, n, int(batch_size)))
+        run_batches(model, batches, device, total, progress)
+    if not col.rows:
+        raise DataError(f"layer {layer!r} never ran during the forward pass (is it used?)")
+    return col
 
 
 def activation_atlas(
@@ -94,46 +134,24 @@ def activation_atlas(
     the sensitivity probe, docs/method.md §3). The model runs in eval mode under ``no_grad``; its
     mode is restored and the hooks removed afterwards, also on error.
     """
-    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3 or images.shape[0] < 1:
-        raise ConfigError(f"images must be a tensor [N, 3, H, W], got {getattr(images, 'shape', images)!r}")
-    if int(batch_size) < 1:
-        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    _check_images(images, batch_size)
     n = images.shape[0]
     if domains is not None and len(domains) != n:
         raise ConfigError(f"domains must give one label per image ({n}), got {len(domains)}")
-    layers = {u.name: u for u in probe_layers(model)}
-    if layer not in layers:
-        some = ", ".join(list(layers)[:3])
-        raise ConfigError(f"{layer!r} is not a unit layer of this model (e.g. {some}, ... {len(layers)} in all)")
-    unit = layers[layer]
-    module = model.get_submodule(layer)
-    col = _Collector(unit.kind, unit.size)
-    device = next(model.parameters()).device
-    handles: list = []
-    total = math.ceil(n / int(batch_size))
-    with hooked(model, handles):
-        if unit.kind == "head":
-            handles.append(module.register_forward_pre_hook(col.attn_pre_hook))
-            handles.append(module.proj.register_forward_pre_hook(col.proj_pre_hook))  # after any gate hook
-        else:
-            handles.append(module.register_forward_hook(col.bn_hook))
-        batches = (images[s:s + int(batch_size)].float() for s in range(0, n, int(batch_size)))
-        run_batches(model, batches, device, total, progress)
-    if not col.rows:
-        raise DataError(f"layer {layer!r} never ran during the forward pass (is it used?)")
+    col = _collect(model, images, layer, batch_size, progress)
     mx = np.concatenate([r[0] for r in col.rows])  # [N, C]
     mean = np.concatenate([r[1] for r in col.rows])
     arg = np.concatenate([r[2] for r in col.rows])
     h, w = col.rows[0][3], col.rows[0][4]
     ys, xs = arg // w, arg % w
     ih, iw = images.shape[-2:]
-    c = unit.size
+    c = col.size
     img_idx = np.repeat(np.arange(n), c)
     return pd.DataFrame({
         "image": img_idx,
         "domain": pd.Series([None if domains is None else domains[i] for i in img_idx], dtype="object"),
         "layer": layer,
-        "kind": unit.kind,
+        "kind": col.kind,
         "unit": np.tile(np.arange(c), n),
         "max": mx.reshape(-1).astype(np.float64),
         "mean": mean.reshape(-1).astype(np.float64),
@@ -144,6 +162,26 @@ def activation_atlas(
         "image_y": ((ys.reshape(-1) + 0.5) * ih / h - 0.5).clip(0, ih - 1),
         "image_x": ((xs.reshape(-1) + 0.5) * iw / w - 0.5).clip(0, iw - 1),
     }, columns=list(ATLAS_COLUMNS))
+
+
+def unit_maps(
+    model: nn.Module,
+    images: torch.Tensor,
+    layer: str,
+    unit: int,
+    *,
+    batch_size: int = 8,
+    progress: ProgressFn | None = None,
+) -> np.ndarray:
+    """One unit's full activation map on each image: float32 ``[N, h, w]`` on the layer's grid.
+
+    The same tap as :func:`activation_atlas` (a filter's BN output; a head's per-token L2 norm of
+    its ``proj`` input slice, on the stage's token grid), so a map's maximum is the atlas ``max``.
+    Used to show one unit across domains on one colour scale (docs/method.md §3).
+    """
+    _check_images(images, batch_size)
+    col = _collect(model, images, layer, batch_size, progress, keep=int(unit))
+    return np.concatenate(col.maps)
 
 
 # ==================================================================================================
@@ -259,5 +297,5 @@ def error_overlay(image, err: ErrorMap, opacity: float = 0.6) -> np.ndarray:
 
 __all__ = [
     "ATLAS_COLUMNS", "FN_COLOR", "FP_COLOR", "TP_COLOR", "ErrorMap", "activation_atlas", "error_colors",
-    "error_map", "error_overlay",
+    "error_map", "error_overlay", "unit_maps",
 ]

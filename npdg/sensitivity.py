@@ -47,6 +47,10 @@ STYLE_FLOOR = 1e-6
 TABLE_COLUMNS: tuple[str, ...] = (
     "layer", "unit", "kind", "unary", "binary", "w_unary", "w_binary", "combined", "gamma", "group",
 )
+#: Optional column: each unit's strongest style-correlated partners, ``"j:|R_ij|;…"`` (see ``LayerStats.partners``).
+PARTNERS_COLUMN = "partners"
+#: How many partners a table keeps per unit.
+PARTNERS_K = 5
 #: First line of a CSV table in npdg's first format (still read): ``# npdg-sensitivity {json meta}``.
 CSV_MAGIC = "# npdg-sensitivity "
 #: Key of the metadata in a Parquet table's schema.
@@ -127,10 +131,9 @@ class LayerStats:
             return within.numpy()
         return (within / (self.m2 / max(self.count, 1) + EPS_VAR)).clamp(0.0, 1.0).numpy()
 
-    def binary(self) -> np.ndarray:
-        """``c_i = mean_{j≠i} |R_ij|`` of the Δ correlation matrix (units without style variance: 0)."""
-        if self.size < 2:
-            return np.zeros(self.size)
+    def correlation(self) -> torch.Tensor:
+        """``|R|``, the absolute Δ correlation matrix ``[C, C]`` with a zero diagonal (units without
+        style variance: zero rows and columns)."""
         d = torch.diagonal(self.cross)
         # a unit whose style share is below STYLE_FLOOR has no style component, only float rounding
         d = torch.where(d > STYLE_FLOOR * self.m2, d, torch.zeros_like(d))
@@ -138,7 +141,24 @@ class LayerStats:
         denom = scale[:, None] * scale[None, :]
         r = torch.where(denom > 0, self.cross / denom.clamp_min(1e-300), torch.zeros_like(denom)).abs()
         r.fill_diagonal_(0.0)
-        return (r.sum(dim=1) / (self.size - 1)).clamp(0.0, 1.0).numpy()
+        return r
+
+    def binary(self) -> np.ndarray:
+        """``c_i = mean_{j≠i} |R_ij|`` of the Δ correlation matrix (units without style variance: 0)."""
+        if self.size < 2:
+            return np.zeros(self.size)
+        return (self.correlation().sum(dim=1) / (self.size - 1)).clamp(0.0, 1.0).numpy()
+
+    def partners(self, k: int = PARTNERS_K) -> list[str]:
+        """Per unit, its ``k`` strongest style-correlated partners in the layer as ``"j:|R_ij|;…"``
+        (strongest first; partners with ``|R_ij| = 0`` left out) — what the binary score averages,
+        kept small instead of the full C×C matrix."""
+        k = min(int(k), self.size - 1)
+        if k < 1:
+            return [""] * self.size
+        vals, idx = self.correlation().topk(k, dim=1)
+        return [";".join(f"{int(j)}:{float(v):.3f}" for j, v in zip(row_i, row_v) if v > 0)
+                for row_i, row_v in zip(idx.tolist(), vals.tolist())]
 
 
 def minmax(values: np.ndarray) -> np.ndarray:
@@ -207,8 +227,9 @@ def _attach(model: nn.Module, layers: Sequence[UnitLayer], n_styles: int) -> tup
 class SensitivityResult:
     """Per-unit sensitivity table plus per-layer summaries.
 
-    ``table`` columns: layer, unit, kind, unary, binary, w_unary, w_binary, combined, gamma, group
-    (``unary``/``binary`` raw statistics; ``w_*`` their per-layer min-max normalization; ``combined``
+    ``table`` columns: layer, unit, kind, unary, binary, w_unary, w_binary, combined, gamma, group and
+    (in tables written since they were kept) ``partners`` (``unary``/``binary`` raw statistics;
+    ``w_*`` their per-layer min-max normalization; ``combined``
     = λ·w_unary + (1−λ)·w_binary, the weight w of the sparsity term). ``meta`` records the model
     (arch, encoder), λ, unary mode, images and styles.
     """
@@ -319,6 +340,20 @@ class SensitivityResult:
         return cls(table, meta)
 
 
+def parse_partners(value: Any) -> list[tuple[int, float]]:
+    """A ``partners`` cell (``"j:r;j:r"``, empty or NaN) as ``[(unit, |R|), …]``, strongest first."""
+    if not isinstance(value, str) or not value.strip():
+        return []
+    out = []
+    for item in value.split(";"):
+        j, _, r = item.partition(":")
+        try:
+            out.append((int(j), float(r)))
+        except ValueError:
+            raise DataError(f"malformed partners entry {item!r} (expected 'unit:correlation')") from None
+    return out
+
+
 def sidecar(path: str | Path) -> Path:
     """The metadata file of a table: ``sens.csv`` → ``sens.json``."""
     path = Path(path)
@@ -384,6 +419,7 @@ def build_table(stats: dict[str, LayerStats], layers: Sequence[UnitLayer], model
             "layer": layer.name, "unit": units, "kind": layer.kind, "unary": u, "binary": c,
             "w_unary": wu, "w_binary": wb, "combined": lam * wu + (1.0 - lam) * wb,
             "gamma": _gamma(model, layer), "group": np.asarray(grp, dtype=np.int64),
+            PARTNERS_COLUMN: s.partners(),
         }))
     if not parts:
         raise DataError("this model has no prunable units (no BatchNorm filters or attention heads) to probe")
@@ -444,6 +480,6 @@ def recombine(result: SensitivityResult, lam: float) -> SensitivityResult:
 
 
 __all__ = [
-    "DEFAULT_LAMBDA", "LayerStats", "SensitivityResult", "sidecar", "TABLE_COLUMNS", "UNARY_MODES",
-    "build_table", "minmax", "probe", "probe_layers", "recombine",
+    "DEFAULT_LAMBDA", "LayerStats", "PARTNERS_COLUMN", "PARTNERS_K", "SensitivityResult", "sidecar", "TABLE_COLUMNS", "UNARY_MODES",
+    "build_table", "minmax", "parse_partners", "probe", "probe_layers", "recombine",
 ]

@@ -8,24 +8,28 @@ here (a few seconds on a CPU).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from app import components, heatmap
+from app import components, heatmap, nav
+from app import jobs as jobs_ui
 from app.models import model_panel
 from npdg.service import sensitivity as sens
-from npdg.service import styles
 from npdg.service.data import HELDOUT_DOMAINS, SOURCE_DOMAIN
 
 SOURCES = {"DSP styles": "dsp", "held-out renderings (oracle)": "oracle"}
 HEATMAP_KEY = "sens_heatmap"
+TABLE_KEY = "sens_layers"
+SCATTER_KEY = "sens_scatter"
+MAX_LINKS = 8
+_SUBMITTED = "_sens_submitted"  # (model id, source) → (images, styles) of this session's last probe request
+_LAST_ROW = "_sens_last_row"  # the layer-table selection already applied
 _COMPUTED = "_sens_computed"  # (model id, source) → SensitivityResult probed in this session
 _LAST_CLICK = "_sens_last_click"  # the heatmap selection already applied (a selection persists across reruns)
 _CELL = "_sens_cell"  # (full layer, first unit, last unit, units label) of the last clicked cell
 ORACLE_DOMAINS = (SOURCE_DOMAIN, *HELDOUT_DOMAINS)  # as the zoo's precomputed oracle table
+PROBE_IMAGES, PROBE_STYLES = 8, 4  # the 'probe it now' defaults
 
 st.title("Sensitivity — which units react to style")
 st.markdown(
@@ -60,28 +64,33 @@ column = heatmap.SCORES[score]
 label = f"w at λ = {lam:.2f}" if score == "combined" else f"w ({score})"
 
 
-def _saved(model_dir: Path, source: str) -> Path | None:
-    """The precomputed table of ``source`` next to a model (zoo: ``sensitivity_dsp|oracle.csv``; a run's
-    saved DSP tables — ``npdg sensitivity`` output or sparse-training refreshes — count for DSP)."""
-    path = model_dir / f"sensitivity_{source}.csv"
-    if path.is_file():
-        return path
-    if source == "dsp" and model_dir.is_dir():
-        found = sens.run_tables(model_dir)
-        if found:
-            return Path(found[-1])
-    return None
+def _probe_settings(source: str) -> tuple[int, int]:
+    """(images or scenes, styles) of the 'probe it now' panel: its widgets' values while it is shown,
+    else the settings of this session's last probe of the model (the panel is gone once a table is
+    shown), else the defaults."""
+    last = st.session_state.get(_SUBMITTED, {}).get((model.id, source), (PROBE_IMAGES, PROBE_STYLES))
+    n = int(st.session_state.get(f"probe_n_{source}", last[0]))
+    k = int(st.session_state.get("probe_k", last[1])) if source == "dsp" else len(ORACLE_DOMAINS)
+    return n, k
+
+
+def _job(source: str, submit: bool = False):
+    n, k = _probe_settings(source)
+    status = sens.probe_job(model.path, source, n_images=n, n_styles=k, domains=ORACLE_DOMAINS, lookup_only=not submit)
+    if submit:
+        st.session_state.setdefault(_SUBMITTED, {})[(model.id, source)] = (n, k)
+    return status
 
 
 def _table(source: str):
     """(result, where it came from) for the chosen model and ``source``; (None, reason) when there is none."""
     if model is None:
         return None, "no model"
-    path = _saved(model.path, source)
+    path = sens.saved_table_path(model.path, source)
     if path is not None:
         return sens.load_table(path), f"precomputed: {path.name}"
-    found = st.session_state.get(_COMPUTED, {}).get((model.id, source))
-    return (found, "computed in this session") if found is not None else (None, "none yet")
+    found = sens.job_table(_job(source))
+    return (found, "computed on request (dashboard cache)") if found is not None else (None, "none yet")
 
 
 def _tables() -> dict[str, tuple]:
@@ -110,39 +119,29 @@ def _provenance(meta: dict, where: str) -> str:
 
 
 def _compute(source: str) -> None:
-    """The 'probe it now' panel for a model without a saved table of ``source``."""
+    """The 'probe it now' panel for a model without a saved table of ``source`` (a background job)."""
     st.info(f"**{model.label}** has no precomputed {src_label} table. Probe it here (small defaults; a few "
-            "seconds on a CPU) — the result is kept for this session.")
+            "seconds on a CPU). The probe runs in the background and is kept in the dashboard cache for every session.")
     p1, p2, p3 = st.columns([2, 2, 3])
-    n_images = p1.number_input(
-        "Images" if source == "dsp" else "Scenes", 2, 32, 8, 1, key=f"probe_n_{source}",
+    p1.number_input(
+        "Images" if source == "dsp" else "Scenes", 2, 32, PROBE_IMAGES, 1, key=f"probe_n_{source}",
         help="Source training images (DSP) or val scenes (oracle) in the probe batch.",
     )
     if source == "dsp":
-        n_styles = p2.number_input("Styles K", 2, 8, 4, 1, key="probe_k",
-                                   help="DSP styles per image (K ≥ 2: the unary score is a variance across styles).")
+        p2.number_input("Styles K", 2, 8, PROBE_STYLES, 1, key="probe_k",
+                        help="DSP styles per image (K ≥ 2: the unary score is a variance across styles).")
     else:
-        n_styles = len(ORACLE_DOMAINS)
         p2.caption(f"Renderings per scene: {', '.join(ORACLE_DOMAINS)}")
-    if not p3.button("Compute probe", type="primary", key=f"probe_go_{source}",
-                     help="One forward pass per probe batch through npdg.service.sensitivity."):
-        return
-    with st.status(f"Probing {model.label} ({int(n_images)} × {int(n_styles)})…", expanded=False) as status:
-        bar = st.progress(0.0)
-        progress = lambda d, t: bar.progress(min(1.0, d / max(t, 1)))
+    status = _job(source)
+    if status is None and p3.button("Compute probe", type="primary", key=f"probe_go_{source}",
+                                    help="Starts the probe in a background worker (npdg.service.sensitivity)."):
         try:
-            if source == "dsp":
-                res = sens.probe_dsp(model.path, styles.DEFAULT_DSP, n_images=int(n_images), n_styles=int(n_styles),
-                                     progress=progress)
-            else:
-                res = sens.probe_oracle(model.path, domains=ORACLE_DOMAINS, indices=tuple(range(int(n_images))),
-                                        progress=progress)
-        except Exception as exc:  # never a traceback in the dashboard
-            status.update(label="failed", state="error")
+            status = _job(source, submit=True)
+        except Exception as exc:  # bad settings: a message, never a traceback
             components.error_box(exc)
             return
-        status.update(label="done", state="complete")
-    st.session_state.setdefault(_COMPUTED, {})[(model.id, source)] = res
+    if jobs_ui.follow(status, f"Probing {model.label}", retry_key=f"probe_retry_{source}"):
+        st.rerun()
 
 
 def _select_from_click(cells) -> None:
@@ -159,6 +158,45 @@ def _select_from_click(cells) -> None:
     st.session_state[_CELL] = (cell["full_layer"], int(cell["first"]), int(cell["last"]), cell["units"])
 
 
+def _select_from_table(summary) -> None:
+    """Apply a *new* row selection of the layer table to the layer selectbox (before it exists)."""
+    event = st.session_state.get(TABLE_KEY)
+    rows = list((event or {}).get("selection", {}).get("rows", []) or [])
+    if rows == st.session_state.get(_LAST_ROW):
+        return
+    st.session_state[_LAST_ROW] = rows
+    if rows and 0 <= int(rows[0]) < len(summary):
+        st.session_state["layer"] = str(summary["layer"].iloc[int(rows[0])])
+        st.session_state.pop(_CELL, None)
+
+
+def _scatter_units(layer: str) -> list[int]:
+    """Units picked in the scatter (click, box or lasso) while it showed ``layer``."""
+    event = st.session_state.get(SCATTER_KEY) or {}
+    points = (event.get("selection") or {}).get("points") or []
+    units = []
+    for pt in points:
+        data = pt.get("customdata") if isinstance(pt, dict) else None
+        if isinstance(data, list | tuple) and len(data) >= 2 and str(data[1]) == layer:
+            units.append(int(data[0]))
+    return sorted(set(units))
+
+
+def _drill_links(layer: str, units: list[int]) -> None:
+    """Links to the Unit page for the selected units (at most :data:`MAX_LINKS`)."""
+    if not units:
+        st.caption("Select units — click a heatmap cell or pick points in the scatter (click, box or lasso) — to "
+                   "open them in the unit drill-down.")
+        return
+    shown = units[:MAX_LINKS]
+    st.markdown(f"**Selected units** ({len(units)}{', first ' + str(MAX_LINKS) + ' linked' if len(units) > MAX_LINKS else ''}) "
+                "— open one in the drill-down (its maps in every domain, top patches, partners):")
+    cols = st.columns(min(len(shown), 8))
+    for i, u in enumerate(shown):
+        cols[i % len(cols)].page_link(nav.page("unit"), label=f"unit {u}", icon="🔬",
+                                      query_params=nav.unit_link(model.label, layer, u, src=src_label))
+
+
 def _overview(res, where: str) -> None:
     table = res.table
     layers = heatmap.layer_order(table)
@@ -173,6 +211,8 @@ def _overview(res, where: str) -> None:
     st.echarts_chart(spec, on_select="rerun", key=HEATMAP_KEY, height=max(320, 19 * len(layers) + 70),
                      alt=f"Heatmap of {label} for {len(layers)} layers (rows) by units (columns)")
     _select_from_click(cells)
+    summary = heatmap.layer_scores(table, sens.layer_summary(res), column)
+    _select_from_table(summary)
 
     pick, info = st.columns([2, 5], vertical_alignment="bottom")
     layer = pick.selectbox(
@@ -188,7 +228,6 @@ def _overview(res, where: str) -> None:
     info.markdown(f"**Selected layer:** `{layer}` — {len(rows)} {heatmap.unit_noun(kind, len(rows) != 1)}, "
                 f"mean {label} = {rows[column].mean():.3f}{cell_txt}")
 
-    summary = heatmap.layer_scores(table, sens.layer_summary(res), column)
     left, right = st.columns([1, 1.7])
     with left:
         _scatter(rows, layer, kind, cell)
@@ -196,7 +235,7 @@ def _overview(res, where: str) -> None:
         st.markdown(f"**Layers** (model order) — {label}")
         st.dataframe(
             summary.assign(layer=summary["layer"].map(heatmap.short_layer)), hide_index=True, height=360, width="stretch",
-            key="sens_layers",
+            key=TABLE_KEY, on_select="rerun", selection_mode="single-row",
             column_config={
                 "layer": st.column_config.TextColumn("layer", width="medium",
                                                      help="Module name inside the model (without `net.`)."),
@@ -221,6 +260,9 @@ def _overview(res, where: str) -> None:
     fig.update_layout(margin=dict(l=0, r=0, t=40, b=0), title="Architecture strip — mean sensitivity per layer",
                       xaxis_tickangle=-50, xaxis_tickfont_size=10, coloraxis_colorbar_title="")
     st.plotly_chart(fig, width="stretch", key="sens_strip")
+    scatter_units = _scatter_units(layer)
+    cell_units = [int(u) for u in picked["unit"]] if cell else []
+    _drill_links(layer, scatter_units or cell_units)
 
     d1, d2, _ = st.columns([1, 1, 2])
     stem = f"sensitivity_{source}_{model.label.split()[0]}_lam{lam:.2f}"
@@ -237,7 +279,7 @@ def _scatter(rows, layer: str, kind: str, cell) -> None:
         st.info("This layer is not in the table.")
         return
     fig = px.scatter(rows, x="w_unary", y="w_binary", color="combined", range_color=(0, 1),
-                     color_continuous_scale=heatmap.PLOTLY_SCALE,
+                     color_continuous_scale=heatmap.PLOTLY_SCALE, custom_data=["unit", "layer"],
                      hover_data={"unit": True, "unary": ":.3f", "binary": ":.3f", "gamma": ":.3f"},
                      labels={"w_unary": "wᵁ (unary, normalized)", "w_binary": "wᴮ (binary, normalized)",
                              "combined": "w"}, height=400)
@@ -248,7 +290,8 @@ def _scatter(rows, layer: str, kind: str, cell) -> None:
                                                                line=dict(width=2))))
     fig.update_layout(title=f"Unary vs binary — {heatmap.short_layer(layer)}", margin=dict(l=0, r=0, t=40, b=0),
                       xaxis_range=[-0.05, 1.05], yaxis_range=[-0.05, 1.05], showlegend=False)
-    st.plotly_chart(fig, width="stretch", key="sens_scatter")
+    fig.update_layout(dragmode="lasso")
+    st.plotly_chart(fig, width="stretch", key=SCATTER_KEY, on_select="rerun", selection_mode=("points", "box", "lasso"))
     st.caption(f"One point per {heatmap.unit_noun(kind, False)}; colour = combined w at λ = {lam:.2f}"
                + (f"; red rings = the clicked heatmap cell ({cell[3]})." if cell else "."))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from torch import nn
 
@@ -13,6 +14,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # test modules import 
 from npdg.dsp.adain import build_decoder, build_encoder
 from npdg.dsp.dvae import LatentDecoder
 from npdg.dsp.model import DSP, DSPSpec
+from npdg.service import jobs
+
+
+@pytest.fixture(autouse=True)
+def dashboard_cache(tmp_path_factory, monkeypatch):
+    """Every test gets its own dashboard cache folder and no finished background jobs from earlier tests."""
+    jobs.wait_all(timeout=120)
+    jobs.forget()
+    folder = tmp_path_factory.mktemp("dashboard-cache")
+    monkeypatch.setenv(jobs.CACHE_ENV, str(folder))
+    return folder
 
 
 def tiny_dsp(seed: int = 0) -> DSP:

@@ -16,6 +16,7 @@ from streamlit.testing.v1 import AppTest
 
 from app import heatmap
 from npdg.recipes import zoo
+from npdg.service import jobs
 
 APP = str(Path(__file__).resolve().parent.parent / "app" / "main.py")
 R18 = zoo.ZOO_DIR / "r18-erm"
@@ -136,6 +137,36 @@ def test_heatmap_click_selects_the_layer_and_the_selectbox_still_works(page):
     assert not at.exception and at.selectbox(key="layer").value == "net.decoder.aspp.2"
 
 
+def test_layer_table_row_selects_the_layer(page):
+    at = page
+    at.session_state["sens_layers"] = {"selection": {"rows": [3], "columns": [], "cells": []}}
+    at.run()
+    assert not at.exception
+    assert at.selectbox(key="layer").value == "net." + str(_layers(at)["layer"].iloc[3])
+    at.session_state["sens_layers"] = {"selection": {"rows": [], "columns": [], "cells": []}}
+    at.run()
+
+
+def test_scatter_selection_selects_units_and_links_to_the_drill_down(page):
+    at = page
+    layer = at.selectbox(key="layer").value
+    assert not at.get("page_link")  # nothing selected yet
+    points = [{"point_index": i, "customdata": [u, layer]} for i, u in enumerate((7, 3))]
+    points.append({"point_index": 9, "customdata": [5, "net.some.other.layer"]})  # stale: ignored
+    at.session_state["sens_scatter"] = {"selection": {"points": points, "box": [], "lasso": []}}
+    at.run()
+    assert not at.exception
+    links = at.get("page_link")
+    assert [link.proto.label for link in links] == ["unit 3", "unit 7"]
+    from urllib.parse import parse_qs
+
+    q = parse_qs(links[0].proto.query_string)
+    assert q["unit"] == ["3"] and q["m"] == ["r18-erm (zoo)"] and q["layer"] == [layer.removeprefix("net.")]
+    assert "Selected units** (2" in " ".join(m.value for m in at.markdown)
+    at.session_state["sens_scatter"] = {"selection": {"points": [], "box": [], "lasso": []}}
+    at.run()
+
+
 def test_layer_from_the_url():
     at = _open(layer="decoder.block1.1", score="binary")  # the URL holds the short name the selectbox shows
     assert at.selectbox(key="layer").value == "net.decoder.block1.1"
@@ -205,7 +236,11 @@ def test_heads_table_of_a_segformer_run(local_runs):
     at.number_input(key="probe_n_oracle").set_value(2).run()
     at.button(key="probe_go_oracle").click().run()
     assert not at.exception
-    assert len(at.error) == 1
+    jobs.wait_all(timeout=120)  # the probe runs in a background worker
+    at.run()
+    assert not at.exception
+    assert len(at.error) == 1 and "failed" in at.error[0].value
+    assert at.button(key="probe_retry_oracle")  # a failed job offers a retry
     assert at.expander  # the teaching notes still render
 
 
@@ -218,11 +253,53 @@ def test_a_run_without_tables_is_probed_in_the_page(local_runs):
     at.number_input(key="probe_k").set_value(2).run()
     at.button(key="probe_go_dsp").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
-    assert len(at.get("status")) == 1
+    jobs.wait_all(timeout=120)  # the probe runs in a background worker; the page polls it
+    at.run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
     assert len(_layers(at)) == 29
     caps = " ".join(c.value for c in at.caption)
-    assert "Computed in this session — 2 source images × 2 DSP styles" in caps
-    at.slider(key="lam").set_value(1.0).run()  # kept for the session: λ re-mixes it without probing again
+    assert "Computed on request (dashboard cache) — 2 source images × 2 DSP styles" in caps
+    at.slider(key="lam").set_value(1.0).run()  # kept: λ re-mixes it without probing again
+    assert not at.exception and len(_layers(at)) == 29 and not at.get("status")
+    # a second browser session asking for the same probe gets the finished table, no button, no new job
+    other = _open("run:runs/r18-copy")
+    other.number_input(key="probe_n_dsp").set_value(2).run()
+    other.number_input(key="probe_k").set_value(2).run()
+    assert not other.exception and len(_layers(other)) == 29 and not other.get("status")
+    # ... and so does one after a restart: the table was persisted in the dashboard cache
+    jobs.forget()
+    assert list(Path(os.environ[jobs.CACHE_ENV], "sensitivity").glob("*.csv"))
+    third = _open("run:runs/r18-copy")
+    third.number_input(key="probe_n_dsp").set_value(2).run()
+    third.number_input(key="probe_k").set_value(2).run()
+    assert not third.exception and len(_layers(third)) == 29
+
+
+def test_a_running_probe_shows_progress_and_the_page_stays_usable(local_runs, monkeypatch):
+    import threading
+
+    from npdg.service import sensitivity as sens_service
+
+    gate, real = threading.Event(), sens_service.probe_dsp
+
+    def slow_probe(*args, progress=None, **kwargs):
+        if progress:
+            progress(0, 1)
+        gate.wait(60)
+        return real(*args, progress=progress, **kwargs)
+
+    monkeypatch.setattr(sens_service, "probe_dsp", slow_probe)
+    at = _open("run:runs/r18-copy")
+    at.number_input(key="probe_n_dsp").set_value(2).run()
+    at.number_input(key="probe_k").set_value(2).run()
+    at.button(key="probe_go_dsp").click().run()
+    assert not at.exception
+    assert len(at.get("status")) == 1 and "Probing" in at.get("status")[0].proto.label
+    at.slider(key="lam").set_value(0.7).run()  # other widgets work while it runs
+    assert not at.exception and len(at.get("status")) == 1
+    gate.set()
+    jobs.wait_all(timeout=120)
+    at.run()
     assert not at.exception and len(_layers(at)) == 29 and not at.get("status")
 
 

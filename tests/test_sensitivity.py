@@ -15,10 +15,12 @@ from npdg.errors import ConfigError, DataError
 from npdg.models import build_model
 from npdg.models.units import UnitLayer
 from npdg.sensitivity import (
+    PARTNERS_COLUMN,
     TABLE_COLUMNS,
     LayerStats,
     SensitivityResult,
     minmax,
+    parse_partners,
     probe,
     probe_layers,
     recombine,
@@ -65,7 +67,20 @@ def test_sanity_colour_copy_and_blind_units():
     assert t.loc[0, "binary"] == pytest.approx(t.loc[3, "binary"], abs=1e-9)
     assert t.loc[0, "binary"] > 0.33 and t.loc[1, "binary"] < 0.2
     assert t.loc[0, "w_binary"] == pytest.approx(1.0) and t.loc[2, "w_binary"] == 0.0
-    assert list(res.table.columns) == list(TABLE_COLUMNS)
+    assert list(res.table.columns) == [*TABLE_COLUMNS, PARTNERS_COLUMN]
+    # partners: the copy pair names each other first with |R| = 1; the blind unit has none
+    top0, top3 = parse_partners(t.loc[0, PARTNERS_COLUMN]), parse_partners(t.loc[3, PARTNERS_COLUMN])
+    assert top0[0][0] == 3 and top0[0][1] == pytest.approx(1.0, abs=1e-3)
+    assert top3[0][0] == 0 and [j for j, _ in top0].count(2) == 0
+    assert parse_partners(t.loc[2, PARTNERS_COLUMN]) == []
+    assert all(a[1] >= b[1] for a, b in zip(top0, top0[1:]))  # strongest first
+
+
+def test_parse_partners_rejects_garbage():
+    assert parse_partners(float("nan")) == [] and parse_partners("") == []
+    assert parse_partners("3:0.5;1:0.25") == [(3, 0.5), (1, 0.25)]
+    with pytest.raises(DataError, match="malformed partners"):
+        parse_partners("3:x")
 
 
 def test_raw_unary_is_the_within_style_variance():

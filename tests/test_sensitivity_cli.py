@@ -10,7 +10,7 @@ import torch
 from npdg.cli import main
 from npdg.config import Config, apply_overrides, dump_config
 from npdg.models import build_model, load_model, save_model
-from npdg.sensitivity import TABLE_COLUMNS, SensitivityResult
+from npdg.sensitivity import PARTNERS_COLUMN, TABLE_COLUMNS, SensitivityResult
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ def test_cli_writes_table(run_and_dsp, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "3 images × 2 styles" in printed and str(out) in printed
     res = SensitivityResult.load(out)
-    assert list(res.table.columns) == list(TABLE_COLUMNS)
+    assert list(res.table.columns) == [*TABLE_COLUMNS, PARTNERS_COLUMN]
     assert res.meta["lam"] == 0.5 and res.meta["images"] == 3 and res.meta["size"] == [32, 64]
     res.check_model(load_model(run))
     assert (res.table["group"] >= -1).all()

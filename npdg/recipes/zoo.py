@@ -98,7 +98,7 @@ ENTRIES: tuple[Entry, ...] = (
           "prune", parent="r18-slimming-sparse", prune={"criterion": "slimming", "finetune_iters": 200}),
     Entry("mitb0-erm", "SegFormer MiT-B0, plain cross-entropy on the source domain", "train", MITB0),
     Entry("mitb0-dsp", "SegFormer MiT-B0 trained on [clean, DSP-stylized] batches with ε ascent", "train", MITB0,
-          overrides=("train.mode=dsp", *DSP_SET), choose_step_with="r18-erm"),
+          overrides=("train.mode=dsp", *DSP_SET), choose_step_with="mitb0-erm"),
     Entry("mitb0-npdg-sparse", "mitb0-dsp after sensitivity-weighted sparse training of its head gates (dense)",
           "sparse", parent="mitb0-dsp", sparse=("npdg", 200, 0.02)),
     Entry("mitb0-npdg", "mitb0-npdg-sparse with 30 % of its attention heads pruned (heads only), fine-tuned",
@@ -149,6 +149,15 @@ def choose_ascent_step(segmentor_run: Path, n_images: int = 16, device: str = "a
             "chosen": chosen, "met_rule": bool(meeting), "segmentor": segmentor_run.name}
 
 
+def _built(work: Path, name: str) -> Path:
+    """A built model to start from: its run folder under ``work``, else its shipped zoo folder (a
+    fresh clone has only the shipped ones, so a later entry can still be built from them)."""
+    run = work / name
+    if (run / "model.safetensors").is_file():
+        return run
+    return zoo_path(name)
+
+
 def _train_entry(e: Entry, work: Path, device: str, log: Callable[[str], None]) -> tuple[Path, dict]:
     """Make (or resume, or reuse) the run folder of ``e``; returns it and the recipe facts for the card."""
     out = work / e.name
@@ -158,7 +167,7 @@ def _train_entry(e: Entry, work: Path, device: str, log: Callable[[str], None]) 
         if e.choose_step_with:
             choice_path = work / f"{e.name}.ascent_step.json"
             if not choice_path.is_file():
-                atomic_write_json(choose_ascent_step(work / e.choose_step_with, device=device), choice_path)
+                atomic_write_json(choose_ascent_step(_built(work, e.choose_step_with), device=device), choice_path)
             facts["ascent_step_choice"] = json.loads(choice_path.read_text())
             overrides.append(f"dsp.step_size={facts['ascent_step_choice']['chosen']}")
         cfg = load_config(REPO / e.config, overrides)
@@ -174,14 +183,14 @@ def _train_entry(e: Entry, work: Path, device: str, log: Callable[[str], None]) 
         if not _done(out, iters):
             resume = (out / "checkpoints" / "last.pt").is_file()
             log(f"zoo: sparse-training {e.name} ({mode}, {iters} iterations, λ_s {lambda_s})")
-            sparse_train(work / e.parent, out, mode, iters, DSP_DIR, lambda_s, device=device, resume=resume,
+            sparse_train(_built(work, e.parent), out, mode, iters, DSP_DIR, lambda_s, device=device, resume=resume,
                          overwrite=not resume and out.exists(), log=log)
         facts.update(iterations=iters, sparse_mode=mode, lambda_s=lambda_s)
     else:
         if not (out / "prune.json").is_file():
             log(f"zoo: pruning {e.name} ({e.prune})")
             t0 = time.perf_counter()
-            prune_run(work / e.parent, out, PruneConfig(cost_size=(128, 256), cost_repeats=1, **e.prune),
+            prune_run(_built(work, e.parent), out, PruneConfig(cost_size=(128, 256), cost_repeats=1, **e.prune),
                       device=device, overwrite=out.exists(), log=log)
             atomic_write_json({"seconds": time.perf_counter() - t0}, out / "cost_zoo_time.json")
         facts.update(iterations=e.prune.get("finetune_iters", 0), prune=e.prune)

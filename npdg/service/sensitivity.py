@@ -6,7 +6,11 @@
 * :func:`probe_oracle` — probe it with the same scenes rendered in held-out domains (a diagnostic
   of how well DSP stands in for the true shifts; never for training or selection);
 * :func:`recombine` — the same statistics with another λ, without a forward pass;
-* :func:`rank_agreement` — per-layer Spearman correlation between two tables (e.g. DSP vs oracle).
+* :func:`rank_agreement` — per-layer Spearman correlation between two tables (e.g. DSP vs oracle);
+* :func:`probe_job` — either probe as a background job (:mod:`npdg.service.jobs`): one worker for
+  all sessions asking for the same settings, the table persisted in the dashboard cache;
+* :func:`unit_info` — everything the table says about one unit (scores, rank, γ, coupling group,
+  strongest style-correlated partners).
 
 Each call returns a new :class:`~npdg.sensitivity.SensitivityResult` whose table the caller may
 change freely; the cached one is never handed out.
@@ -15,16 +19,17 @@ change freely; the cached one is never handed out.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from npdg.config import DEFAULT_LAMBDA
-from npdg.errors import DataError
-from npdg.sensitivity import SensitivityResult
+from npdg.errors import ConfigError, DataError
+from npdg.sensitivity import PARTNERS_COLUMN, SensitivityResult, parse_partners
 from npdg.sensitivity import recombine as _recombine
-from npdg.service import engine, file_key, lru, model_key, shared_dsp, shared_model
+from npdg.service import engine, file_key, jobs, lru, model_key, shared_dsp, shared_model
 from npdg.service.data import HELDOUT_DOMAINS, SOURCE_DOMAIN
 
 ProgressFn = Callable[[int, int], None]
@@ -53,6 +58,21 @@ def run_tables(run_dir: str | Path) -> list[str]:
         if (run / "sensitivity").is_dir() else []
     found += [run / f"sensitivity{ext}" for ext in (".csv", ".parquet") if (run / f"sensitivity{ext}").is_file()]
     return [str(p) for p in found]
+
+
+def saved_table_path(model_dir: str | Path, source: str) -> Path | None:
+    """The precomputed table of ``source`` (``dsp`` or ``oracle``) of a model folder, if any: zoo
+    models ship ``sensitivity_dsp|oracle.csv``; a run's saved DSP tables (``npdg sensitivity``
+    output or sparse-training refreshes, the newest) count for ``dsp``."""
+    folder = Path(model_dir)
+    path = folder / f"sensitivity_{source}.csv"
+    if path.is_file():
+        return path
+    if source == "dsp" and folder.is_dir():
+        found = run_tables(folder)
+        if found:
+            return Path(found[-1])
+    return None
 
 
 def probe_dsp(
@@ -147,5 +167,98 @@ def rank_agreement(a: SensitivityResult, b: SensitivityResult, column: str = "co
     return pd.DataFrame(rows, columns=["layer", "kind", "size", "spearman"])
 
 
-__all__ = ["DEFAULT_SIZE", "layer_summary", "load_table", "probe_dsp", "probe_oracle", "rank_agreement", "recombine",
-           "run_tables"]
+#: Sensitivity tables persisted by :func:`probe_job` (CSV plus the JSON metadata sidecar).
+TABLE_STORE = jobs.Store("sensitivity", ".csv", lambda result, path: result.save(path), SensitivityResult.load)
+PROBE_SOURCES = ("dsp", "oracle")
+
+
+def _probe_parts(model_path, source: str, n_images: int, n_styles: int, dsp_path, domains) -> tuple:
+    if source not in PROBE_SOURCES:
+        raise ConfigError(f"probe source must be one of {', '.join(PROBE_SOURCES)}, got {source!r}")
+    if not 2 <= int(n_images) <= 64:
+        raise ConfigError(f"images must be in 2 … 64, got {n_images}")
+    if source == "dsp":
+        if not 2 <= int(n_styles) <= 16:
+            raise ConfigError(f"styles must be in 2 … 16 (the unary score is a variance across styles), got {n_styles}")
+        return ("probe", "dsp", model_key(model_path), file_key(dsp_path), int(n_images), int(n_styles))
+    doms = tuple(domains)
+    if len(doms) < 2:
+        raise ConfigError("the oracle probe needs at least 2 domains (the unary score is a variance across them)")
+    return ("probe", "oracle", model_key(model_path), doms, int(n_images))
+
+
+def probe_job(model_path: str | Path, source: str, *, n_images: int = 8, n_styles: int = 4,
+              dsp_path: str | Path | None = None, domains: Sequence[str] = (SOURCE_DOMAIN, *HELDOUT_DOMAINS),
+              lookup_only: bool = False) -> jobs.JobStatus | None:
+    """A DSP (``source="dsp"``) or oracle probe of the model as a background job, persisted in the
+    dashboard cache and shared by every session asking for the same settings. With
+    ``lookup_only``, return the job only if it already exists (running, done or on disk)."""
+    from npdg.service.styles import DEFAULT_DSP
+
+    dsp_path = DEFAULT_DSP if dsp_path is None else dsp_path
+    parts = _probe_parts(model_path, source, n_images, n_styles, dsp_path, domains)
+    label = (f"DSP probe ({int(n_images)} images × {int(n_styles)} styles)" if source == "dsp"
+             else f"oracle probe ({int(n_images)} scenes × {len(tuple(domains))} domains)")
+    if lookup_only:
+        return jobs.lookup(parts, TABLE_STORE, label)
+    if source == "dsp":
+        def compute(progress):
+            return probe_dsp(model_path, dsp_path, n_images=int(n_images), n_styles=int(n_styles), progress=progress)
+    else:
+        def compute(progress):
+            return probe_oracle(model_path, domains=tuple(domains), indices=tuple(range(int(n_images))),
+                                progress=progress)
+    return jobs.submit(parts, compute, label=label, store=TABLE_STORE)
+
+
+def job_table(status: jobs.JobStatus | None) -> SensitivityResult | None:
+    """The table of a finished :func:`probe_job` (a new copy), or None."""
+    found = None if status is None else jobs.result(status.key)
+    return None if found is None else _copy(found)
+
+
+@dataclass(frozen=True)
+class UnitInfo:
+    """One unit in a sensitivity table: its row's scores, its rank in the layer (1 = most
+    sensitive by ``combined``), the layers its coupling group spans, and its partners
+    ``[(unit, |R|)]`` (empty when the table predates partners or the unit has none)."""
+
+    layer: str
+    unit: int
+    kind: str
+    unary: float
+    binary: float
+    w_unary: float
+    w_binary: float
+    combined: float
+    gamma: float
+    group: int
+    rank: int
+    layer_size: int
+    group_layers: tuple[str, ...]
+    partners: tuple[tuple[int, float], ...]
+    has_partners: bool
+
+
+def unit_info(result: SensitivityResult, layer: str, unit: int) -> UnitInfo:
+    """What ``result`` says about unit ``unit`` of ``layer`` (ConfigError if it is not in the table)."""
+    t = result.table
+    rows = t[t["layer"].astype(str) == str(layer)]
+    if rows.empty:
+        raise ConfigError(f"layer {layer!r} is not in this sensitivity table")
+    row = rows[rows["unit"] == int(unit)]
+    if row.empty:
+        raise ConfigError(f"unit {unit} is out of range: {layer!r} has units 0 … {len(rows) - 1}")
+    r = row.iloc[0]
+    rank = int((rows["combined"] > float(r["combined"])).sum()) + 1
+    group = int(r["group"])
+    group_layers = tuple(dict.fromkeys(t.loc[t["group"] == group, "layer"].astype(str))) if group >= 0 else (str(layer),)
+    has = PARTNERS_COLUMN in t.columns
+    partners = tuple(parse_partners(r[PARTNERS_COLUMN])) if has else ()
+    return UnitInfo(str(layer), int(unit), str(r["kind"]), float(r["unary"]), float(r["binary"]), float(r["w_unary"]),
+                    float(r["w_binary"]), float(r["combined"]), float(r["gamma"]), group, rank, len(rows), group_layers,
+                    partners, has)
+
+
+__all__ = ["DEFAULT_SIZE", "PROBE_SOURCES", "TABLE_STORE", "UnitInfo", "job_table", "layer_summary", "load_table",
+           "probe_dsp", "probe_job", "probe_oracle", "rank_agreement", "recombine", "run_tables", "saved_table_path", "unit_info"]
