@@ -5,12 +5,13 @@ Widgets → :mod:`npdg.service.styles` → images and CE. Scene, K, seed and α 
 
 from __future__ import annotations
 
+import numpy as np
 import plotly.express as px
 import streamlit as st
 
 from app import components
 from app.models import model_panel
-from npdg.service import data, styles
+from npdg.service import data, styles, uploads
 
 st.title("Styles — what DSP imitates, and what hurts the model")
 st.markdown(
@@ -28,15 +29,44 @@ except Exception as exc:  # never a traceback in the dashboard
     components.error_box(exc)
     st.stop()
 
+INPUTS = ("Synthetic scene", "Your image")
+source = st.radio("Input", INPUTS, key="input", bind="query-params", horizontal=True,
+                  help="A synthetic val scene (its ground truth is the CE target) or an image you upload (PNG/JPEG; "
+                       "the model's own prediction on it is the CE target).")
+upload = None  # the decoded upload at its working size, when the input is "Your image"
 c1, c2, c3, c4 = st.columns(4)
-scene = c1.number_input("Scene (val)", 0, data.SPLIT_LENGTHS["val"] - 1, 0, 1, key="scene", bind="query-params",
-                        help="Index of a synthetic val scene; the same index is the same street in every domain.")
+if source == INPUTS[0]:
+    scene = c1.number_input("Scene (val)", 0, data.SPLIT_LENGTHS["val"] - 1, 0, 1, key="scene", bind="query-params",
+                            help="Index of a synthetic val scene; the same index is the same street in every domain.")
+else:
+    scene = 0
+    file = c1.file_uploader("Image (PNG/JPEG)", type=list(uploads.IMAGE_TYPES), key="styles_upload",
+                            max_upload_size=uploads.MAX_UPLOAD_MB,
+                            help=f"Any size or mode (greyscale, RGBA, 16-bit are converted; over "
+                                 f"{uploads.MAX_UPLOAD_PIXELS / 1e6:g} MP downscaled). It is run at a working size with "
+                                 "the long side ≤ 256 px.")
+    if file is None:
+        st.info("Upload an image to restyle it — or switch the input back to a synthetic scene.")
+        st.stop()
+    try:
+        decoded = uploads.read_image(file.getvalue(), file.name)
+    except Exception as exc:  # not an image, broken file: a message, the page keeps working
+        components.error_box(exc)
+        st.stop()
+    size = uploads.working_size(*decoded.image.shape[:2])
+    upload = uploads.fit(decoded.image, size)
+    notes = list(decoded.notes) + [f"run at {size[1]}×{size[0]} (from {decoded.original_size[1]}×"
+                                   f"{decoded.original_size[0]})"]
+    st.caption(f"**{decoded.name}**: " + "; ".join(notes) + ". No label: the CE and the ascent use the model's "
+               "own prediction on the clean image as the target.")
 k = c2.slider("Styles K", 1, 16, 6, key="k", bind="query-params", help="How many DSP styles to draw for the scene.")
 seed = c3.number_input("Seed", 0, 10_000, 0, 1, key="seed", bind="query-params",
                        help="Seed of the latent codes ε ~ N(0, I): the same seed gives the same styles.")
 alpha = c4.slider("Content strength α", 0.0, 1.0, float(info.alpha), 0.05, key="alpha", bind="query-params",
                   help="1 = the full DSP style, 0 = the image's own style (AdaIN blending).")
 model_path = model.path if model is not None else None
+#: What every view restyles: the chosen scene, or the upload at its working size.
+INPUT = {"index": int(scene)} if upload is None else {"image": upload, "size": upload.shape[:2]}
 
 tab_sample, tab_ascend, tab_traverse, tab_heldout = st.tabs(["Sample", "Ascend", "Traverse", "DSP vs held-out"])
 
@@ -48,20 +78,33 @@ def _caption(ce, i: int) -> str:
 with tab_sample:
     try:
         if model_path is not None:
-            grid = styles.ascend_styles(dsp_path, model_path, index=int(scene), n_styles=int(k), steps=0,
+            grid = styles.ascend_styles(dsp_path, model_path, **INPUT, n_styles=int(k), steps=0,
                                         seed=int(seed), alpha=float(alpha))
         else:
-            grid = styles.sample_styles(dsp_path, index=int(scene), n_styles=int(k), seed=int(seed), alpha=float(alpha))
+            grid = styles.sample_styles(dsp_path, **INPUT, n_styles=int(k), seed=int(seed), alpha=float(alpha))
     except Exception as exc:
         components.error_box(exc)
     else:
         ce = grid.ce_before[0] if grid.ce_before is not None else None
+        show_pred = st.toggle("Overlay the model's prediction", key="pred", bind="query-params",
+                              disabled=model_path is None,
+                              help="Colour each style by what the selected model predicts on it (class colours of "
+                                   "the Data page): where a style breaks the segmentation.")
+        shown, first = grid.random[0], grid.inputs[0]
+        if show_pred and model_path is not None:
+            try:
+                preds = styles.predict_images(model_path, np.concatenate([grid.inputs[:1], grid.random[0]]))
+                first = data.overlay(first, preds[0], opacity=0.55)
+                shown = [data.overlay(img, pr, opacity=0.55) for img, pr in zip(grid.random[0], preds[1:])]
+            except Exception as exc:
+                components.error_box(exc)
         cols = st.columns(min(4, int(k) + 1))
-        cols[0].image(grid.inputs[0], caption="input (source)", width="stretch")
+        cols[0].image(first, caption="input (source)" if upload is None else "input (your image)", width="stretch")
         for i in range(int(k)):
-            cols[(i + 1) % len(cols)].image(grid.random[0, i], caption=_caption(ce, i), width="stretch")
+            cols[(i + 1) % len(cols)].image(shown[i], caption=_caption(ce, i), width="stretch")
         if ce is not None:
-            st.caption(f"CE of {model.label} on each style (its own loss on the true labels). Higher = harder.")
+            target = "the true labels" if not grid.pseudo_labels else "its own prediction on the clean image (no label)"
+            st.caption(f"CE of {model.label} on each style (its own loss on {target}). Higher = harder.")
 
 with tab_ascend:
     a1, a2, a3 = st.columns(3)
@@ -77,7 +120,7 @@ with tab_ascend:
         with st.status("Ascending ε…", expanded=False) as status:
             bar = st.progress(0.0)
             try:
-                grid = styles.ascend_styles(dsp_path, model_path, index=int(scene), n_styles=int(k), steps=int(steps),
+                grid = styles.ascend_styles(dsp_path, model_path, **INPUT, n_styles=int(k), steps=int(steps),
                                             step_size=float(step_size), rule=rule, seed=int(seed), alpha=float(alpha),
                                             progress=lambda d, t: bar.progress(d / max(t, 1)))
             except Exception as exc:
@@ -104,7 +147,7 @@ with tab_traverse:
     dim = st.number_input("Latent dimension", 0, info.latent_dim - 1, 0, 1, key="dim", bind="query-params",
                           help="ε = 0 except this coordinate, which takes −3 … 3 in 7 steps.")
     try:
-        tr = styles.traverse(dsp_path, dim=int(dim), model_path=model_path, index=int(scene), alpha=float(alpha))
+        tr = styles.traverse(dsp_path, dim=int(dim), model_path=model_path, **INPUT, alpha=float(alpha))
     except Exception as exc:
         components.error_box(exc)
     else:
@@ -113,7 +156,11 @@ with tab_traverse:
             cap = f"ε[{int(dim)}] = {v:+.0f}" + ("" if tr.ce is None else f" — CE {float(tr.ce[i]):.2f}")
             cols[i].image(tr.images[i], caption=cap, width="stretch")
 
-with tab_heldout:
+def _heldout() -> None:
+    if upload is not None:
+        st.info("Your image has no renderings in the held-out domains: pick a synthetic scene to compare DSP "
+                "styles with them.")
+        return
     st.markdown("The same scene in the **held-out** looks (never seen by training or DSP) above, and "
                 "DSP styles below: what DSP imitates (colour casts, contrast) and what it misses "
                 "(fog's depth haze, rain streaks, lit windows at night).")
@@ -123,13 +170,17 @@ with tab_heldout:
                                     size=styles.DEFAULT_SIZE)
     except Exception as exc:
         components.error_box(exc)
-    else:
-        cols = st.columns(len(views))
-        for i, v in enumerate(views):
-            cols[i].image(v.image, caption=f"held-out: {v.domain}", width="stretch")
-        cols = st.columns(len(views))
-        for i in range(len(views)):
-            cols[i].image(grid.random[0, i], caption=f"DSP style {i}", width="stretch")
+        return
+    cols = st.columns(len(views))
+    for i, v in enumerate(views):
+        cols[i].image(v.image, caption=f"held-out: {v.domain}", width="stretch")
+    cols = st.columns(len(views))
+    for i in range(len(views)):
+        cols[i].image(grid.random[0, i], caption=f"DSP style {i}", width="stretch")
+
+
+with tab_heldout:
+    _heldout()
 
 with st.expander("What am I looking at? (teaching notes)"):
     st.markdown(

@@ -50,3 +50,55 @@ def test_ascend_raises_ce_and_plots_it(page):
     before = [float(c.split()[1]) for c in caps[:2]]
     after = [float(c.split()[1]) for c in caps[2:]]
     assert sum(after) > sum(before)  # ascent finds styles the model gets more wrong
+
+
+# -------------------------------------------------------------------------------------------------
+# your own image
+# -------------------------------------------------------------------------------------------------
+def _image_bytes(mode: str = "RGB", size=(300, 200), fmt: str = "PNG") -> bytes:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    arr = rng.integers(0, 256, (size[1], size[0], 4 if mode == "RGBA" else 3), dtype=np.uint8)
+    img = Image.fromarray(arr, "RGBA" if mode == "RGBA" else "RGB")
+    if mode == "L":
+        img = img.convert("L")
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def test_an_uploaded_image_is_restyled_with_its_own_prediction_as_target(page):
+    page.radio(key="input").set_value("Your image").run()
+    assert not page.exception
+    assert any("Upload an image" in i.value for i in page.info)
+    page.file_uploader(key="styles_upload").upload("street.png", _image_bytes("RGBA"), "image/png").run()
+    assert not page.exception and not page.error, [e.value for e in page.error]
+    caps = " ".join(c.value for c in page.caption)
+    assert "street.png" in caps and "composited on white" in caps and "run at 256×160" in caps
+    assert "own prediction" in caps
+    imgs = [img for el in page.get("image") for img in el.proto.imgs]
+    assert any(c.caption == "input (your image)" for c in imgs)
+    assert sum(c.caption.startswith("style ") and "CE" in c.caption for c in imgs) == 6
+    assert any("no renderings in the held-out domains" in i.value for i in page.info)
+    page.toggle(key="pred").set_value(True).run()  # prediction overlay on each style
+    assert not page.exception and not page.error
+
+
+@pytest.mark.parametrize("payload, name", [(b"GIF89a not really", "x.png"), (b"\x89PNG\r\n\x1a\n broken", "y.png")])
+def test_a_bad_upload_is_a_message_and_the_page_survives(page, payload, name):
+    page.radio(key="input").set_value("Your image").run()
+    page.file_uploader(key="styles_upload").upload(name, payload, "image/png").run()
+    assert not page.exception
+    assert len(page.error) == 1 and name in page.error[0].value
+    page.radio(key="input").set_value("Synthetic scene").run()  # back to a scene: everything works again
+    assert not page.exception and not page.error
+
+
+def test_prediction_overlay_on_scene_styles(page):
+    page.slider(key="k").set_value(2).run()
+    page.toggle(key="pred").set_value(True).run()
+    assert not page.exception and not page.error
