@@ -16,8 +16,10 @@ if str(ROOT) not in sys.path:
 
 import streamlit as st  # noqa: E402
 
-from app import components  # noqa: E402
+from app import components, state  # noqa: E402
 from app import nav as nav_pages  # noqa: E402
+
+state.guard_int_inputs()  # ?scene=inf must not crash a page (see app/state.py)
 
 st.set_page_config(page_title="npdg — NPDG dashboard", page_icon="🪨", layout="wide")
 

@@ -1,6 +1,8 @@
 """Data page: one scene, many domains — what domain shift looks like.
 
-Widgets → :mod:`npdg.service.data` → images. The scene, split, domains, view and opacity live in the URL.
+Widgets → :mod:`npdg.service.data` → images. Split, scene, resolution, view, domains and opacity are
+bound to the URL (``?split=&scene=&res=&view=&domains=&opacity=``); :mod:`app.state` keeps links in
+the older formats working.
 """
 
 from __future__ import annotations
@@ -29,24 +31,32 @@ domain_names = list(DOMAIN_NAMES)
 default_domains = list(DEFAULT_DOMAINS)
 splits = list(SPLIT_LENGTHS)
 
+# links made before the URL binding (comma lists, a resolution index, out-of-range numbers) keep working
+state.seed("scene", state.clamped_int(0, max(SPLIT_LENGTHS.values()) - 1, 0))
+state.seed("res", state.option_by_index(list(SIZES)))
+state.seed("domains", state.choices_list(domain_names))
+state.seed("opacity", state.clamped_float(0.0, 1.0, 0.5))
+
 c1, c2, c3, c4 = st.columns([1, 1, 1.3, 1.2])
 split = c1.selectbox(
-    "Split", splits, index=splits.index(state.get_choice("split", "val", splits)),
-    key="data_split", help="train / val / test use disjoint seeds: no scene is shared between them.",
+    "Split", splits, index=splits.index("val"), key="split", bind="query-params",
+    help="train / val / test use disjoint seeds: no scene is shared between them.",
 )
 n_scenes = SPLIT_LENGTHS[split]
+state.clamp_state("scene", 0, n_scenes - 1)  # a scene of a longer split: the last one of this split
 scene = c2.number_input(
-    "Scene", min_value=0, max_value=n_scenes - 1, value=state.get_int("scene", 0, 0, n_scenes - 1), step=1,
-    key="data_scene", help="Scene index within the split; the same index is the same street in every domain.",
+    "Scene", min_value=0, max_value=n_scenes - 1, value=0, step=1, key="scene", bind="query-params",
+    help="Scene index within the split; the same index is the same street in every domain.",
 )
 size_label = c3.selectbox(
-    "Resolution", list(SIZES), index=state.get_int("res", 0, 0, len(SIZES) - 1), key="data_size",
+    "Resolution", list(SIZES), index=0, key="res", bind="query-params",
     help="Scenes are resolution-independent: a larger size renders the same street sharper.",
 )
-view = c4.radio("Show", VIEWS, index=VIEWS.index(state.get_choice("view", "Overlay", VIEWS)), horizontal=True, key="data_view")
+view = c4.radio("Show", VIEWS, index=0, horizontal=True, key="view", bind="query-params",
+                help="The image with its labels blended on top, the image alone, or the label colours alone.")
 
 domains = st.multiselect(
-    "Domains", domain_names, default=state.get_list("domains", default_domains, domain_names), key="data_domains",
+    "Domains", domain_names, default=default_domains, key="domains", bind="query-params",
     format_func=lambda d: f"{d} ({DOMAIN_ROLES[d].replace('_', ' ')})",
     help="source = the training domain; heldout = never seen in training; content shift = different "
     "layout statistics with the source look (the case NPDG does not target).",
@@ -65,7 +75,7 @@ except Exception as exc:  # never a traceback in the dashboard
 present = sorted({int(t) for v in views for t in np.unique(v.label) if t < len(CLASS_NAMES)})
 o1, o2 = st.columns([1, 3])
 opacity = o1.slider(
-    "Label opacity", 0.0, 1.0, state.get_float("opacity", 0.5, 0.0, 1.0), 0.05, key="data_opacity",
+    "Label opacity", 0.0, 1.0, 0.5, 0.05, key="opacity", bind="query-params",
     disabled=view != "Overlay", help="0 shows the image, 1 the label colours.",
 )
 shown = o2.multiselect(
@@ -73,7 +83,6 @@ shown = o2.multiselect(
     format_func=lambda t: CLASS_NAMES[t], disabled=view != "Overlay",
     help="Toggle classes to see where each one is; pixels of hidden classes show the image.",
 )
-state.set_params(split=split, scene=int(scene), res=list(SIZES).index(size_label), view=view, domains=domains, opacity=opacity)
 
 ncols = min(3, len(views))
 cols = st.columns(ncols)

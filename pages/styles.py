@@ -9,7 +9,7 @@ import numpy as np
 import plotly.express as px
 import streamlit as st
 
-from app import components
+from app import components, state
 from app.models import model_panel
 from npdg.service import data, styles, uploads
 
@@ -36,6 +36,7 @@ source = st.radio("Input", INPUTS, key="input", bind="query-params", horizontal=
 upload = None  # the decoded upload at its working size, when the input is "Your image"
 c1, c2, c3, c4 = st.columns(4)
 if source == INPUTS[0]:
+    state.clamp_state("scene", 0, data.SPLIT_LENGTHS["val"] - 1)  # e.g. a train scene index from the Data page
     scene = c1.number_input("Scene (val)", 0, data.SPLIT_LENGTHS["val"] - 1, 0, 1, key="scene", bind="query-params",
                             help="Index of a synthetic val scene; the same index is the same street in every domain.")
 else:

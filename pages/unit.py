@@ -11,7 +11,7 @@ from __future__ import annotations
 import plotly.express as px
 import streamlit as st
 
-from app import components, heatmap, nav
+from app import components, heatmap, nav, state
 from app import jobs as jobs_ui
 from app.models import model_panel
 from npdg.service import explain
@@ -50,8 +50,8 @@ layer = c1.selectbox("Layer", names, key="layer", bind="query-params", format_fu
                      help="A unit layer of the model, in model order (BN filters or attention heads).")
 row = layers[layers["layer"] == layer].iloc[0]
 size, kind = int(row["size"]), str(row["kind"])
-if int(st.session_state.get("unit", 0) or 0) >= size:  # a unit of a wider layer: start at 0, not an error
-    st.session_state["unit"] = 0
+state.clamp_state("unit", 0, size - 1)  # a unit of a wider layer: the last one of this layer, not an error
+state.clamp_state("scene", 0, SPLIT_LENGTHS["val"] - 1)
 unit = c2.number_input(f"Unit (0 … {size - 1})", 0, size - 1, 0, 1, key="unit", bind="query-params",
                        help=f"Which {heatmap.unit_noun(kind, False)} of the layer.")
 scene = c3.number_input("Scene (val)", 0, SPLIT_LENGTHS["val"] - 1, 0, 1, key="scene", bind="query-params",

@@ -102,3 +102,10 @@ def test_a_broken_model_is_a_message(tmp_path, monkeypatch):
     at.selectbox(key="m").set_value("run:runs/junk").run()
     assert not at.exception
     assert len(at.error) == 1
+
+
+@pytest.mark.parametrize("value", ["inf", "-1e400", "nan", "12abc"])
+def test_non_finite_numbers_in_the_link_fall_back_to_defaults(value):
+    at = _open(layer="encoder.bn1", unit=value, scene=value)  # Streamlit's own int binding crashes on inf
+    assert not at.exception
+    assert at.number_input(key="unit").value == 0 and at.number_input(key="scene").value == 0
