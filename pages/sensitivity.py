@@ -8,11 +8,10 @@ here (a few seconds on a CPU).
 
 from __future__ import annotations
 
-import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from app import components, heatmap, nav
+from app import components, figures, heatmap, nav
 from app import jobs as jobs_ui
 from app.models import model_panel
 from npdg.service import sensitivity as sens
@@ -252,13 +251,10 @@ def _overview(res, where: str) -> None:
         )
 
     strip = summary.assign(short=summary["layer"].map(heatmap.short_layer), block=summary["layer"].map(heatmap.block_of))
-    fig = px.bar(strip, x="short", y="mean w", color="mean w", range_color=(0, 1),
-                 color_continuous_scale=heatmap.PLOTLY_SCALE, hover_data={"block": True, "size": True, "kind": True},
-                 labels={"short": "layer (model order)", "mean w": f"mean {label}"}, height=330)
-    fig.update_traces(marker_line_color=["#ff2d55" if n == layer else "rgba(0,0,0,0)" for n in strip["layer"]],
-                      marker_line_width=3)
-    fig.update_layout(margin=dict(l=0, r=0, t=40, b=0), title="Architecture strip — mean sensitivity per layer",
-                      xaxis_tickangle=-50, xaxis_tickfont_size=10, coloraxis_colorbar_title="")
+    fig = figures.colored_bars(strip["short"], strip["mean w"], cmin=0, cmax=1, colorscale=heatmap.PLOTLY_SCALE,
+                               title="Architecture strip — mean sensitivity per layer", x_title="layer (model order)",
+                               y_title=f"mean {label}", outline=list(strip["layer"] == layer),
+                               hover={"block": strip["block"], "size": strip["size"], "kind": strip["kind"]})
     st.plotly_chart(fig, width="stretch", key="sens_strip")
     scatter_units = _scatter_units(layer)
     cell_units = [int(u) for u in picked["unit"]] if cell else []
@@ -278,19 +274,15 @@ def _scatter(rows, layer: str, kind: str, cell) -> None:
     if not len(rows):
         st.info("This layer is not in the table.")
         return
-    fig = px.scatter(rows, x="w_unary", y="w_binary", color="combined", range_color=(0, 1),
-                     color_continuous_scale=heatmap.PLOTLY_SCALE, custom_data=["unit", "layer"],
-                     hover_data={"unit": True, "unary": ":.3f", "binary": ":.3f", "gamma": ":.3f"},
-                     labels={"w_unary": "wᵁ (unary, normalized)", "w_binary": "wᴮ (binary, normalized)",
-                             "combined": "w"}, height=400)
+    fig = figures.unit_scatter(rows["w_unary"], rows["w_binary"], rows["combined"], rows["unit"], layer,
+                               colorscale=heatmap.PLOTLY_SCALE, title=f"Unary vs binary — {heatmap.short_layer(layer)}",
+                               x_title="wᵁ (unary, normalized)", y_title="wᴮ (binary, normalized)",
+                               extra={"unary": rows["unary"], "binary": rows["binary"], "gamma": rows["gamma"]})
     if cell:
         picked = rows[rows["unit"].between(cell[1], cell[2])]
         fig.add_trace(go.Scatter(x=picked["w_unary"], y=picked["w_binary"], mode="markers", name=cell[3],
                                  hoverinfo="skip", marker=dict(symbol="circle-open", size=14, color="#ff2d55",
                                                                line=dict(width=2))))
-    fig.update_layout(title=f"Unary vs binary — {heatmap.short_layer(layer)}", margin=dict(l=0, r=0, t=40, b=0),
-                      xaxis_range=[-0.05, 1.05], yaxis_range=[-0.05, 1.05], showlegend=False)
-    fig.update_layout(dragmode="lasso")
     st.plotly_chart(fig, width="stretch", key=SCATTER_KEY, on_select="rerun", selection_mode=("points", "box", "lasso"))
     st.caption(f"One point per {heatmap.unit_noun(kind, False)}; colour = combined w at λ = {lam:.2f}"
                + (f"; red rings = the clicked heatmap cell ({cell[3]})." if cell else "."))
@@ -313,11 +305,9 @@ def _agreement(dsp, oracle) -> None:
         components.error_box(exc)
         return
     agree = agree.assign(short=agree["layer"].map(heatmap.short_layer))
-    fig = px.bar(agree, x="short", y="spearman", color="spearman", range_color=(-1, 1), range_y=(-1, 1),
-                 color_continuous_scale="RdBu", hover_data={"size": True, "kind": True},
-                 labels={"short": "layer (model order)", "spearman": "Spearman ρ"}, height=320)
-    fig.update_layout(margin=dict(l=0, r=0, t=10, b=0), xaxis_tickangle=-50, xaxis_tickfont_size=10,
-                      coloraxis_showscale=False)
+    fig = figures.colored_bars(agree["short"], agree["spearman"], cmin=-1, cmax=1, colorscale="RdBu",
+                               x_title="layer (model order)", y_title="Spearman ρ", colorbar=False, height=320,
+                               hover={"size": agree["size"], "kind": agree["kind"]}, y_range=(-1, 1))
     st.plotly_chart(fig, width="stretch", key="sens_agree")
     st.caption(f"Mean ρ over layers: {agree['spearman'].mean():.3f} (layers constant in either table are left out).")
 

@@ -122,8 +122,11 @@ if view is not None:
     for col, d, img in zip(cols, view.domains, view.images):
         col.image(img, caption=f"{d} ({DOMAIN_ROLES[d]})", width="stretch")
     titles = [f"{d}: max {p:.2f}" for d, p in zip(view.domains, view.peaks)]
-    fig = px.imshow(view.maps, facet_col=0, facet_col_wrap=len(view.domains), zmin=view.vmin, zmax=view.vmax,
-                    color_continuous_scale=heatmap.PLOTLY_SCALE, aspect="equal", height=230)
+    wrap = min(4, len(view.domains))
+    rows = -(-len(view.domains) // wrap)
+    fig = px.imshow(view.maps, facet_col=0, facet_col_wrap=wrap, zmin=view.vmin, zmax=view.vmax,
+                    color_continuous_scale=heatmap.PLOTLY_SCALE, aspect="equal", height=60 + 190 * rows,
+                    facet_row_spacing=0.12, facet_col_spacing=0.02)
     for i, t in enumerate(titles):
         fig.layout.annotations[i].text = t
     fig.update_xaxes(showticklabels=False)

@@ -166,3 +166,34 @@ def test_sensitivity_heatmap_click_selects_a_layer(server):
         page.screenshot(path=str(ARTIFACTS / "sensitivity_page.png"), full_page=True)
         assert not page.locator("[data-testid='stException']").count()
     assert (ARTIFACTS / "sensitivity_page.png").stat().st_size > 20_000
+
+
+def test_unit_page_deep_link_and_background_atlas(server, tmp_path):
+    """?layer=&unit= opens the drill-down; the top patches come from a background job that the page
+    follows in a polling fragment (st.status + progress) and shows without any further input."""
+
+    from npdg.recipes import zoo
+
+    if not (zoo.ZOO_DIR / "r18-erm" / "model.safetensors").is_file():
+        pytest.skip("zoo r18-erm not shipped")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with _opened(f"{server}/unit?layer=encoder.layer1.0.bn1&unit=5&scene=2") as page:
+        page.get_by_text("Unit — one filter or head across domains").wait_for(timeout=60_000)
+        page.get_by_text("unit 5 on val scene 2 in every domain").wait_for(timeout=60_000)
+        # the atlas job: either still running (a status box) or already done; the patches appear by themselves
+        page.get_by_text("How strongly it fires, per domain").wait_for(timeout=180_000)
+        page.wait_for_selector(IDLE, timeout=120_000)
+        assert page.get_by_text("scene ").count() >= 4  # patch captions
+        assert "unit=5" in page.url and "layer=encoder.layer1.0.bn1" in page.url
+        page.set_viewport_size({"width": 1400, "height": 2300})
+        page.wait_for_timeout(1500)
+        page.screenshot(path=str(ARTIFACTS / "unit_page.png"), full_page=True)
+        assert not page.locator("[data-testid='stException']").count()
+        # a partner link opens the partner's drill-down in the same app
+        link = page.locator("[data-testid='stPageLink'] a").filter(has_text="|R|").first
+        if link.count():
+            target = link.inner_text().split()[1]
+            link.click()
+            page.wait_for_url(f"**unit={target}*", timeout=60_000)
+            page.get_by_text(f"unit {target} on val scene 2").wait_for(timeout=60_000)
+    assert (ARTIFACTS / "unit_page.png").stat().st_size > 20_000
