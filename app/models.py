@@ -57,9 +57,9 @@ def model_panel() -> ModelChoice | None:
     ids = list(options)
     default = DEFAULT_MODEL if DEFAULT_MODEL in options else ids[0]
     choice = st.sidebar.selectbox(
-        "Model", ids, index=ids.index(default), format_func=lambda i: options[i][0], key="m",
-        bind="query-params",
-        help="A shipped zoo model (assets/zoo, see assets/README.md) or a run under runs/ with a model.safetensors.",
+        "Model", ids, index=ids.index(default), key="m", bind="query-params",
+        help="A shipped zoo model (`zoo:NAME`, assets/zoo, see assets/README.md) or a run under runs/ with a "
+             "model.safetensors (`run:PATH`). The id is what the URL holds (`?m=zoo:r18-dsp`).",
     )
     label, summary = options[choice]
     st.sidebar.caption(summary)

@@ -42,10 +42,10 @@ def navigation_pages() -> dict[str, list[st.Page]]:
     return {name: [page(s[3], default=s[3] == first) for s in specs] for name, specs in SECTIONS.items()}
 
 
-def unit_link(model_label: str, layer: str, unit: int, **extra: str) -> dict[str, str]:
-    """Query parameters that open the Unit page on ``unit`` of ``layer`` of the model labelled
-    ``model_label``. Bound widgets read their *shown* value from the URL: the model panel's label and
-    the layer's short name (:func:`app.heatmap.short_layer`)."""
+def unit_link(model_id: str, layer: str, unit: int, **extra: str) -> dict[str, str]:
+    """Query parameters that open the Unit page on ``unit`` of ``layer`` of model ``model_id``
+    (``zoo:NAME`` or ``run:PATH``). Bound widgets read their *shown* value from the URL: the model
+    id, and the layer's short name (:func:`app.heatmap.short_layer`)."""
     from app.heatmap import short_layer
 
-    return {"m": model_label, "layer": short_layer(layer), "unit": str(int(unit)), **extra}
+    return {"m": model_id, "layer": short_layer(layer), "unit": str(int(unit)), **extra}

@@ -193,7 +193,7 @@ def _drill_links(layer: str, units: list[int]) -> None:
     cols = st.columns(min(len(shown), 8))
     for i, u in enumerate(shown):
         cols[i % len(cols)].page_link(nav.page("unit"), label=f"unit {u}", icon="🔬",
-                                      query_params=nav.unit_link(model.label, layer, u, src=src_label))
+                                      query_params=nav.unit_link(model.id, layer, u, src=src_label))
 
 
 def _overview(res, where: str) -> None:

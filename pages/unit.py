@@ -101,7 +101,7 @@ def _scores() -> None:
         cols = st.columns(len(info.partners))
         for col, (j, r) in zip(cols, info.partners):
             col.page_link(nav.page("unit"), label=f"unit {j} · |R| {r:.2f}", icon="🔗",
-                          query_params=nav.unit_link(model.label, layer, j, scene=str(int(scene)), src=src_label))
+                          query_params=nav.unit_link(model.id, layer, j, scene=str(int(scene)), src=src_label))
 
 
 try:

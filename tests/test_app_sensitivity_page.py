@@ -161,7 +161,7 @@ def test_scatter_selection_selects_units_and_links_to_the_drill_down(page):
     from urllib.parse import parse_qs
 
     q = parse_qs(links[0].proto.query_string)
-    assert q["unit"] == ["3"] and q["m"] == ["r18-erm (zoo)"] and q["layer"] == [layer.removeprefix("net.")]
+    assert q["unit"] == ["3"] and q["m"] == ["zoo:r18-erm"] and q["layer"] == [layer.removeprefix("net.")]
     assert "Selected units** (2" in " ".join(m.value for m in at.markdown)
     at.session_state["sens_scatter"] = {"selection": {"points": [], "box": [], "lasso": []}}
     at.run()

@@ -86,7 +86,7 @@ def test_segformer_heads(tmp_path):
     mit = zoo.ZOO_DIR / "mitb0-erm"
     if not (mit / "model.safetensors").is_file():
         pytest.skip("zoo mitb0-erm not shipped")
-    at = _open(m="mitb0-erm (zoo)", layer="encoder.block2.0.attn", unit="1")
+    at = _open(m="zoo:mitb0-erm", layer="encoder.block2.0.attn", unit="1")
     assert not at.exception and not at.error, [e.value for e in at.error]
     assert at.number_input(key="unit").value == 1
     assert any("norm of the head" in c.value for c in at.caption)

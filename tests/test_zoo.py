@@ -75,6 +75,24 @@ def test_list_and_verify(tiny_zoo, capsys):
     assert main(["zoo", "list"]) == 0 and "r18-npdg" in capsys.readouterr().out
 
 
+def test_refresh_sensitivity_rewrites_tables_and_card_hashes(tiny_zoo):
+    table = zoo.ZOO_DIR / "r18-dsp" / "sensitivity_dsp.csv"
+    import pandas as pd
+
+    before = pd.read_csv(table)
+    table.write_text(before.drop(columns=["partners"]).to_csv(index=False))  # a table in the older format
+    assert any("differs from its card" in p for p in zoo.verify(["r18-dsp"], log=lambda m: None))
+    assert zoo.refresh_sensitivity(["r18-dsp"], log=lambda m: None) == ["r18-dsp"]
+    after = pd.read_csv(table)
+    assert "partners" in after.columns
+    pd.testing.assert_frame_equal(after, before)  # the same probe: the same numbers
+    assert zoo.verify(["r18-dsp"], log=lambda m: None) == []  # card hashes follow
+    from npdg.errors import DataError
+
+    with pytest.raises(DataError, match="pruned"):
+        zoo.refresh_sensitivity(["r18-npdg"], log=lambda m: None)
+
+
 def test_unknown_and_missing_models_are_named():
     from npdg.errors import DataError
 

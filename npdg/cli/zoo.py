@@ -6,6 +6,7 @@ Examples::
     python -m npdg zoo build                 # every model not shipped yet, resumable model by model
     python -m npdg zoo build r18-erm r18-dsp --device cuda
     python -m npdg zoo verify --eval 20      # files, SHA-256, plan replay, mIoU against the cards
+    python -m npdg zoo sensitivity           # recompute the shipped tables (after a table format change)
 
 How each model is made is the table in ``npdg/recipes/zoo.py``; ``assets/README.md`` shows the cards.
 """
@@ -38,6 +39,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     v.add_argument("--eval", type=int, default=0, metavar="N", help="also re-measure mIoU on N scenes per domain (20 or 50)")
     v.add_argument("--tolerance", type=float, default=0.005, help="allowed absolute mIoU difference (default 0.005)")
     v.set_defaults(func=_verify)
+    r = sub.add_parser("sensitivity", help="recompute the shipped dense models' sensitivity tables in place")
+    r.add_argument("names", nargs="*", help="dense models (default: all shipped)")
+    add_device_option(r)
+    r.set_defaults(func=_sensitivity)
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -59,6 +64,14 @@ def _list(args: argparse.Namespace) -> int:
     cols = [c for c in ("name", "kind", "parent", "shipped", "source", "heldout", "suburb", "gflops", "params_m", "mb")
             if c in t.columns]
     print(t[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}", na_rep="-"))
+    return 0
+
+
+def _sensitivity(args: argparse.Namespace) -> int:
+    from npdg.recipes.zoo import refresh_sensitivity
+
+    done = refresh_sensitivity(args.names or None, device=args.device)
+    print(f"recomputed the tables of {len(done)} model(s): {', '.join(done) or 'none'}")
     return 0
 
 

@@ -269,6 +269,32 @@ def precompute_sensitivity(model_dir: Path, device: str = "cpu") -> dict[str, st
             "oracle": f"sensitivity_oracle.csv (8 val scenes × {len(domains)} domains: {', '.join(domains)})"}
 
 
+def refresh_sensitivity(names: list[str] | None = None, zoo: Path | None = None, device: str = "cpu",
+                        log: Callable[[str], None] = print) -> list[str]:
+    """Recompute the precomputed tables of shipped dense models in place (same probe settings as
+    :func:`precompute_sensitivity`, on the shipped fp16 files) and update their cards' file hashes —
+    for when the table format gains columns (e.g. each unit's partners); the weights are untouched."""
+    zoo = ZOO_DIR if zoo is None else zoo
+    shipped = cards(zoo)
+    done = []
+    for name in names or [e.name for e in ENTRIES if e.dense and e.name in shipped]:
+        if name not in shipped:
+            raise DataError(f"zoo model {name!r} is not shipped in {zoo}")
+        if not BY_NAME[name].dense:
+            raise DataError(f"zoo model {name!r} is pruned: only dense models ship sensitivity tables")
+        folder = zoo / name
+        log(f"zoo: recomputing the sensitivity tables of {name}")
+        made = precompute_sensitivity(folder, device=device)
+        card = shipped[name]
+        card["sensitivity"] = made
+        for f in sorted(folder.glob("sensitivity_*")):
+            card["files"][f.name] = {"sha256": sha256(f), "bytes": f.stat().st_size}
+        atomic_write_text(json.dumps(card, indent=2) + "\n", folder / CARD)
+        done.append(name)
+    write_readme(zoo)  # sizes in the table changed
+    return done
+
+
 def portable(text: str) -> str:
     """``text`` with this checkout's absolute path removed: paths in shipped configs and cards are
     relative to the repository root (``assets/dsp_tiny``), so a zoo model works from any clone run
@@ -457,4 +483,4 @@ def verify(names: list[str] | None = None, eval_scenes: int = 0, tolerance: floa
 
 
 __all__ = ["ENTRIES", "ZOO_DIR", "Entry", "build", "cards", "choose_ascent_step", "export", "measure",
-           "precompute_sensitivity", "verify", "write_readme", "zoo_path", "zoo_table"]
+           "precompute_sensitivity", "refresh_sensitivity", "verify", "write_readme", "zoo_path", "zoo_table"]
