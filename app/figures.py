@@ -55,3 +55,28 @@ def unit_scatter(x: Sequence[float], y: Sequence[float], color: Sequence[float],
                       yaxis_title=y_title, xaxis_range=[-0.05, 1.05], yaxis_range=[-0.05, 1.05], showlegend=False,
                       dragmode="lasso")
     return fig
+
+
+def map_grid(maps: np.ndarray, titles: Sequence[str], *, zmin: float, zmax: float, colorscale: str,
+             wrap: int = 4, row_height: int = 190, colorbar_title: str = "") -> go.Figure:
+    """Maps ``[N, h, w]`` as a grid of heatmaps read left to right, top to bottom (image orientation:
+    row 0 at the top), one shared colour scale ``zmin … zmax``."""
+    from plotly.subplots import make_subplots
+
+    n = len(maps)
+    cols = max(1, min(wrap, n))
+    rows = -(-n // cols)
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=list(titles), horizontal_spacing=0.02,
+                        vertical_spacing=0.12 if rows > 1 else 0.0)
+    for i, m in enumerate(maps):
+        fig.add_trace(go.Heatmap(z=np.round(np.asarray(m, dtype=np.float32), 3), coloraxis="coloraxis",
+                                 hovertemplate="x %{x}, y %{y}: %{z:.2f}<extra></extra>"),
+                      row=i // cols + 1, col=i % cols + 1)
+    fig.update_xaxes(showticklabels=False, constrain="domain")
+    fig.update_yaxes(showticklabels=False, autorange="reversed", scaleanchor="x", constrain="domain")
+    for i in range(n):  # each map keeps its aspect ratio against its own x axis
+        fig.update_yaxes(scaleanchor=f"x{i + 1 if i else ''}", row=i // cols + 1, col=i % cols + 1)
+    fig.update_layout(height=40 + row_height * rows, margin=dict(l=0, r=0, t=30, b=0),
+                      coloraxis=dict(colorscale=colorscale, cmin=zmin, cmax=zmax, colorbar=dict(title=colorbar_title)))
+    fig.update_annotations(font_size=11)
+    return fig

@@ -11,7 +11,7 @@ from __future__ import annotations
 import plotly.express as px
 import streamlit as st
 
-from app import components, heatmap, nav, state
+from app import components, figures, heatmap, nav, state
 from app import jobs as jobs_ui
 from app.models import model_panel
 from npdg.service import explain
@@ -122,16 +122,8 @@ if view is not None:
     for col, d, img in zip(cols, view.domains, view.images):
         col.image(img, caption=f"{d} ({DOMAIN_ROLES[d]})", width="stretch")
     titles = [f"{d}: max {p:.2f}" for d, p in zip(view.domains, view.peaks)]
-    wrap = min(4, len(view.domains))
-    rows = -(-len(view.domains) // wrap)
-    fig = px.imshow(view.maps, facet_col=0, facet_col_wrap=wrap, zmin=view.vmin, zmax=view.vmax,
-                    color_continuous_scale=heatmap.PLOTLY_SCALE, aspect="equal", height=60 + 190 * rows,
-                    facet_row_spacing=0.12, facet_col_spacing=0.02)
-    for i, t in enumerate(titles):
-        fig.layout.annotations[i].text = t
-    fig.update_xaxes(showticklabels=False)
-    fig.update_yaxes(showticklabels=False)
-    fig.update_layout(margin=dict(l=0, r=0, t=30, b=0), coloraxis_colorbar_title="act.")
+    fig = figures.map_grid(view.maps, titles, zmin=view.vmin, zmax=view.vmax, colorscale=heatmap.PLOTLY_SCALE,
+                           colorbar_title="act.")
     st.plotly_chart(fig, width="stretch", key="unit_maps")
     noun = "BN output" if view.kind == "filter" else "norm of the head's output over head_dim, per token"
     st.caption(f"Activation ({noun}) on the layer's {view.maps.shape[1]}×{view.maps.shape[2]} grid, one colour scale "
