@@ -14,6 +14,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 #: Score shown → column of the table (the per-layer normalized weights, all in [0, 1]).
@@ -67,9 +68,14 @@ def bin_layers(table: pd.DataFrame, column: str, max_cols: int = MAX_COLS, decim
     return pd.DataFrame(rows, columns=["col", "row", "w", "layer", "units", "first", "last", "kind", "full_layer"])
 
 
-def heatmap_spec(cells: pd.DataFrame, layers: list[str], *, value_name: str = "w") -> dict[str, Any]:
+def heatmap_spec(cells: pd.DataFrame, layers: list[str], *, value_name: str = "w",
+                 value_range: tuple[float, float] = (0.0, 1.0)) -> dict[str, Any]:
     """An ECharts heatmap option over :func:`bin_layers` cells: click-selectable (``selectedMode``
-    single), colour fixed to [0, 1], layers top to bottom in model order."""
+    single), one colour scale ``value_range`` for every layer (values outside it clip to the end
+    colours), layers top to bottom in model order, a "save as PNG" button."""
+    lo, hi = float(value_range[0]), float(value_range[1])
+    if not lo < hi:
+        raise ValueError(f"colour range must have min < max, got {lo}, {hi}")
     ncols = int(cells["col"].max()) + 1 if len(cells) else 1
     source = cells[["col", "row", "w", "layer", "units"]].assign(id=[f"{r}:{c}" for r, c in zip(cells["row"], cells["col"])])
     return {
@@ -82,7 +88,8 @@ def heatmap_spec(cells: pd.DataFrame, layers: list[str], *, value_name: str = "w
                   "nameLocation": "middle", "nameGap": 28, "splitArea": {"show": False}},
         "yAxis": {"type": "category", "data": [short_layer(n) for n in layers], "inverse": True,
                   "axisLabel": {"interval": 0, "fontSize": 10}},
-        "visualMap": {"min": 0, "max": 1, "calculable": True, "orient": "vertical", "right": 0, "top": "middle",
+        "toolbox": {"right": 0, "top": 0, "feature": {"saveAsImage": {"title": "PNG", "pixelRatio": 2}}},
+        "visualMap": {"min": lo, "max": hi, "calculable": True, "orient": "vertical", "right": 0, "top": "middle",
                       "dimension": 2, "precision": 2, "inRange": {"color": VIRIDIS}},
         "series": [{
             "type": "heatmap", "name": value_name, "selectedMode": "single", "progressive": 0,
@@ -125,16 +132,37 @@ def clicked_cell(event: Any, cells: pd.DataFrame) -> pd.Series | None:
     return cells.iloc[idx[0]]
 
 
+HIST_BINS = 10
+
+
+def _histogram(values: pd.Series) -> list[int]:
+    counts, _ = np.histogram(values.to_numpy(dtype=float), bins=HIST_BINS, range=(0.0, 1.0))
+    return [int(c) for c in counts]
+
+
+def _groups(groups: pd.Series) -> str:
+    ids = sorted({int(g) for g in groups if int(g) >= 0})
+    if not ids:
+        return "—"
+    return ", ".join(str(g) for g in ids[:3]) + (f" … ({len(ids)})" if len(ids) > 3 else "")
+
+
 def layer_scores(table: pd.DataFrame, summary: pd.DataFrame, column: str) -> pd.DataFrame:
     """The layer table shown on the page: ``summary`` (``layer_summary``, model order) with the mean
-    and max of ``column`` per layer; columns layer, kind, size, mean w, max w, mean |γ|, raw means."""
-    g = table.groupby("layer", sort=False)[column]
-    stats = pd.DataFrame({"layer": g.mean().index.astype(str), "mean w": g.mean().to_numpy(),
-                          "max w": g.max().to_numpy()})
+    and max of ``column`` per layer, its histogram over the units (:data:`HIST_BINS` bins on [0, 1])
+    and the layer's coupling group id(s); columns layer, kind, size, mean w, histogram, max w,
+    group, mean |γ|, raw means."""
+    g = table.groupby("layer", sort=False)
+    means = g[column].mean()
+    stats = pd.DataFrame({"layer": means.index.astype(str), "mean w": means.to_numpy(),
+                          "max w": g[column].max().to_numpy(),
+                          "histogram": [_histogram(v) for _, v in g[column]],
+                          "group": [_groups(v) for _, v in g["group"]]})
     out = summary.assign(layer=summary["layer"].astype(str)).merge(stats, on="layer", how="left", sort=False)
     out = out.rename(columns={"gamma_abs_mean": "mean |γ|", "unary_mean": "unary (raw mean)",
                               "binary_mean": "binary (raw mean)"})
-    return out[["layer", "kind", "size", "mean w", "max w", "mean |γ|", "unary (raw mean)", "binary (raw mean)"]]
+    return out[["layer", "kind", "size", "mean w", "histogram", "max w", "group", "mean |γ|", "unary (raw mean)",
+                "binary (raw mean)"]]
 
 
 def block_of(layer: str) -> str:

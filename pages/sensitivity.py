@@ -29,6 +29,7 @@ _LAST_CLICK = "_sens_last_click"  # the heatmap selection already applied (a sel
 _CELL = "_sens_cell"  # (full layer, first unit, last unit, units label) of the last clicked cell
 ORACLE_DOMAINS = (SOURCE_DOMAIN, *HELDOUT_DOMAINS)  # as the zoo's precomputed oracle table
 PROBE_IMAGES, PROBE_STYLES = 8, 4  # the 'probe it now' defaults
+UNARY_MODES = sens.UNARY_MODES
 
 st.title("Sensitivity — which units react to style")
 st.markdown(
@@ -67,17 +68,19 @@ def _probe_settings(source: str) -> tuple[int, int]:
     """(images or scenes, styles) of the 'probe it now' panel: its widgets' values while it is shown,
     else the settings of this session's last probe of the model (the panel is gone once a table is
     shown), else the defaults."""
-    last = st.session_state.get(_SUBMITTED, {}).get((model.id, source), (PROBE_IMAGES, PROBE_STYLES))
+    last = st.session_state.get(_SUBMITTED, {}).get((model.id, source), (PROBE_IMAGES, PROBE_STYLES, UNARY_MODES[0]))
     n = int(st.session_state.get(f"probe_n_{source}", last[0]))
     k = int(st.session_state.get("probe_k", last[1])) if source == "dsp" else len(ORACLE_DOMAINS)
-    return n, k
+    unary = str(st.session_state.get(f"probe_unary_{source}", last[2]))
+    return n, k, unary
 
 
 def _job(source: str, submit: bool = False):
-    n, k = _probe_settings(source)
-    status = sens.probe_job(model.path, source, n_images=n, n_styles=k, domains=ORACLE_DOMAINS, lookup_only=not submit)
+    n, k, unary = _probe_settings(source)
+    status = sens.probe_job(model.path, source, n_images=n, n_styles=k, unary=unary, domains=ORACLE_DOMAINS,
+                            lookup_only=not submit)
     if submit:
-        st.session_state.setdefault(_SUBMITTED, {})[(model.id, source)] = (n, k)
+        st.session_state.setdefault(_SUBMITTED, {})[(model.id, source)] = (n, k, unary)
     return status
 
 
@@ -121,7 +124,10 @@ def _compute(source: str) -> None:
     """The 'probe it now' panel for a model without a saved table of ``source`` (a background job)."""
     st.info(f"**{model.label}** has no precomputed {src_label} table. Probe it here (small defaults; a few "
             "seconds on a CPU). The probe runs in the background and is kept in the dashboard cache for every session.")
-    p1, p2, p3 = st.columns([2, 2, 3])
+    p1, p2, p4, p3 = st.columns([2, 2, 2, 3])
+    p4.radio("Unary mode", UNARY_MODES, key=f"probe_unary_{source}", horizontal=True,
+             help="share: the share of a unit's variance that style explains (default); raw: the within-style "
+                  "variance itself (the paper's wording), docs/method.md §3.")
     p1.number_input(
         "Images" if source == "dsp" else "Scenes", 2, 32, PROBE_IMAGES, 1, key=f"probe_n_{source}",
         help="Source training images (DSP) or val scenes (oracle) in the probe batch.",
@@ -206,7 +212,12 @@ def _overview(res, where: str) -> None:
     st.caption(_provenance(res.meta, where) + f" Colour: {label}, one scale [0, 1] for every layer; layers wider "
                f"than {heatmap.MAX_COLS} units are shown as {heatmap.MAX_COLS} bins (mean per bin). "
                "Blank cells: the layer has fewer units than the widest one. Click a cell to select its layer.")
-    spec = heatmap.heatmap_spec(cells, layers, value_name="w")
+    lo, hi = st.slider("Colour range", 0.0, 1.0, (0.0, 1.0), 0.05, key="range", bind="query-params",
+                       help="The part of [0, 1] the colour scale spans (one scale for every layer): narrow it to tell "
+                            "apart units in a crowded range; values outside clip to the end colours.")
+    if hi - lo < 0.05:
+        lo, hi = (lo, lo + 0.05) if lo <= 0.95 else (hi - 0.05, hi)
+    spec = heatmap.heatmap_spec(cells, layers, value_name="w", value_range=(lo, hi))
     st.echarts_chart(spec, on_select="rerun", key=HEATMAP_KEY, height=max(320, 19 * len(layers) + 70),
                      alt=f"Heatmap of {label} for {len(layers)} layers (rows) by units (columns)")
     _select_from_click(cells)
@@ -242,7 +253,14 @@ def _overview(res, where: str) -> None:
                 "size": st.column_config.NumberColumn("size", width="small", help="Units in the layer."),
                 "mean w": st.column_config.ProgressColumn("mean w", min_value=0.0, max_value=1.0, format="%.3f", width="medium",
                                                           help=f"Mean {label} over the layer's units."),
+                "histogram": st.column_config.BarChartColumn(
+                    "histogram", y_min=0, width="small",
+                    help=f"Units per bin of the shown score ({heatmap.HIST_BINS} bins on [0, 1])."),
                 "max w": st.column_config.NumberColumn("max w", format="%.3f"),
+                "group": st.column_config.TextColumn(
+                    "group", width="small",
+                    help="torch-pruning coupling group id(s) of the layer's units: layers sharing a group are "
+                         "pruned together (e.g. across a residual sum); — when not computed."),
                 "mean |γ|": st.column_config.NumberColumn("mean |γ|", format="%.3f",
                                                           help="Mean |BN weight| (filters) or |head gate| (heads)."),
                 "unary (raw mean)": st.column_config.NumberColumn(format="%.3f"),

@@ -85,6 +85,24 @@ def test_renders_heatmap_table_strip_scatter_and_agreement(page):
     assert len(at.get("download_button")) == 2
 
 
+def test_colour_range_histogram_and_groups(page):
+    at = page
+    spec = _charts(at, "echarts_chart")[0]
+    assert (spec["visualMap"]["min"], spec["visualMap"]["max"]) == (0.0, 1.0)
+    assert "saveAsImage" in spec["toolbox"]["feature"]  # the figure can be downloaded
+    at.slider(key="range").set_value((0.3, 0.7)).run()
+    spec = _charts(at, "echarts_chart")[0]
+    assert (spec["visualMap"]["min"], spec["visualMap"]["max"]) == (0.3, 0.7)
+    at.slider(key="range").set_value((0.5, 0.5)).run()  # an empty range is widened, never an error
+    spec = _charts(at, "echarts_chart")[0]
+    assert not at.exception and spec["visualMap"]["max"] - spec["visualMap"]["min"] >= 0.05 - 1e-9
+    at.slider(key="range").set_value((0.0, 1.0)).run()
+    table = _layers(at)
+    hist = table["histogram"].iloc[0]
+    assert len(hist) == heatmap.HIST_BINS and sum(hist) == table["size"].iloc[0]
+    assert (table["group"] != "—").all()  # zoo tables carry coupling groups
+
+
 def test_lambda_changes_the_numbers_instantly(page):
     at = page
     before = _layers(at)["mean w"].to_numpy()

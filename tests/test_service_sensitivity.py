@@ -47,3 +47,45 @@ def test_oracle_probe_uses_heldout_renderings(assets):
     assert res.table["unary"].between(0, 1).all()
     with pytest.raises(ConfigError, match="layout"):
         sens.probe_oracle(run, domains=("source", "suburb"), indices=(0,), size=SIZE)
+
+
+def test_probe_job_runs_once_persists_and_validates(assets, dashboard_cache):
+    from npdg.service import jobs
+
+    run, dsp_dir = assets
+    assert sens.probe_job(run, "dsp", n_images=2, n_styles=2, dsp_path=dsp_dir, lookup_only=True) is None
+    first = sens.probe_job(run, "dsp", n_images=2, n_styles=2, unary="raw", dsp_path=dsp_dir)
+    again = sens.probe_job(run, "dsp", n_images=2, n_styles=2, unary="raw", dsp_path=dsp_dir)
+    assert first.key == again.key  # one worker for both requests
+    assert jobs.wait(first.key, 300).state == "done"
+    table = sens.job_table(again)
+    assert table.meta["unary"] == "raw" and table.meta["images"] == 2
+    table.table.loc[:, "combined"] = -1  # a copy: the job's result is untouched
+    assert (sens.job_table(again).table["combined"] >= 0).all()
+    assert list((dashboard_cache / "sensitivity").glob("*.csv"))
+    other = sens.probe_job(run, "dsp", n_images=2, n_styles=2, unary="share", dsp_path=dsp_dir, lookup_only=True)
+    assert other is None  # every setting is in the key
+    for bad in ({"source": "bogus"}, {"n_images": 1}, {"n_styles": 1}, {"unary": "loud"}):
+        args = {"source": "dsp", "n_images": 2, "n_styles": 2, "unary": "share", **bad}
+        with pytest.raises(ConfigError):
+            sens.probe_job(run, args.pop("source"), dsp_path=dsp_dir, **args)
+    with pytest.raises(ConfigError, match="at least 2 domains"):
+        sens.probe_job(run, "oracle", n_images=2, domains=("night",))
+
+
+def test_unit_info_reads_scores_rank_group_and_partners(assets):
+    run, dsp_dir = assets
+    res = sens.probe_dsp(run, dsp_dir, n_images=2, n_styles=2, size=SIZE, batch_size=1)
+    layer = str(res.table["layer"].iloc[0])
+    rows = res.table[res.table["layer"] == layer]
+    top = int(rows.loc[rows["combined"].idxmax(), "unit"])
+    info = sens.unit_info(res, layer, top)
+    assert info.rank == 1 and info.layer_size == len(rows) and info.has_partners
+    assert all(0 <= j < len(rows) and j != top and 0 <= r <= 1 for j, r in info.partners)
+    assert layer in info.group_layers
+    old = sens.SensitivityResult(res.table.drop(columns=["partners"]), res.meta)  # a table of the older format
+    assert not sens.unit_info(old, layer, top).has_partners
+    with pytest.raises(ConfigError, match="out of range"):
+        sens.unit_info(res, layer, len(rows))
+    with pytest.raises(ConfigError, match="not in this sensitivity table"):
+        sens.unit_info(res, "net.nope", 0)

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from npdg.config import DEFAULT_LAMBDA
+from npdg.config import DEFAULT_LAMBDA, UNARY_MODES
 from npdg.errors import ConfigError, DataError
 from npdg.sensitivity import PARTNERS_COLUMN, SensitivityResult, parse_partners
 from npdg.sensitivity import recombine as _recombine
@@ -172,7 +172,9 @@ TABLE_STORE = jobs.Store("sensitivity", ".csv", lambda result, path: result.save
 PROBE_SOURCES = ("dsp", "oracle")
 
 
-def _probe_parts(model_path, source: str, n_images: int, n_styles: int, dsp_path, domains) -> tuple:
+def _probe_parts(model_path, source: str, n_images: int, n_styles: int, dsp_path, domains, unary: str) -> tuple:
+    if unary not in UNARY_MODES:
+        raise ConfigError(f"unary mode must be one of {', '.join(UNARY_MODES)}, got {unary!r}")
     if source not in PROBE_SOURCES:
         raise ConfigError(f"probe source must be one of {', '.join(PROBE_SOURCES)}, got {source!r}")
     if not 2 <= int(n_images) <= 64:
@@ -180,14 +182,14 @@ def _probe_parts(model_path, source: str, n_images: int, n_styles: int, dsp_path
     if source == "dsp":
         if not 2 <= int(n_styles) <= 16:
             raise ConfigError(f"styles must be in 2 … 16 (the unary score is a variance across styles), got {n_styles}")
-        return ("probe", "dsp", model_key(model_path), file_key(dsp_path), int(n_images), int(n_styles))
+        return ("probe", "dsp", model_key(model_path), file_key(dsp_path), int(n_images), int(n_styles), unary)
     doms = tuple(domains)
     if len(doms) < 2:
         raise ConfigError("the oracle probe needs at least 2 domains (the unary score is a variance across them)")
-    return ("probe", "oracle", model_key(model_path), doms, int(n_images))
+    return ("probe", "oracle", model_key(model_path), doms, int(n_images), unary)
 
 
-def probe_job(model_path: str | Path, source: str, *, n_images: int = 8, n_styles: int = 4,
+def probe_job(model_path: str | Path, source: str, *, n_images: int = 8, n_styles: int = 4, unary: str = "share",
               dsp_path: str | Path | None = None, domains: Sequence[str] = (SOURCE_DOMAIN, *HELDOUT_DOMAINS),
               lookup_only: bool = False) -> jobs.JobStatus | None:
     """A DSP (``source="dsp"``) or oracle probe of the model as a background job, persisted in the
@@ -196,17 +198,18 @@ def probe_job(model_path: str | Path, source: str, *, n_images: int = 8, n_style
     from npdg.service.styles import DEFAULT_DSP
 
     dsp_path = DEFAULT_DSP if dsp_path is None else dsp_path
-    parts = _probe_parts(model_path, source, n_images, n_styles, dsp_path, domains)
+    parts = _probe_parts(model_path, source, n_images, n_styles, dsp_path, domains, unary)
     label = (f"DSP probe ({int(n_images)} images × {int(n_styles)} styles)" if source == "dsp"
              else f"oracle probe ({int(n_images)} scenes × {len(tuple(domains))} domains)")
     if lookup_only:
         return jobs.lookup(parts, TABLE_STORE, label)
     if source == "dsp":
         def compute(progress):
-            return probe_dsp(model_path, dsp_path, n_images=int(n_images), n_styles=int(n_styles), progress=progress)
+            return probe_dsp(model_path, dsp_path, n_images=int(n_images), n_styles=int(n_styles), unary=unary,
+                             progress=progress)
     else:
         def compute(progress):
-            return probe_oracle(model_path, domains=tuple(domains), indices=tuple(range(int(n_images))),
+            return probe_oracle(model_path, domains=tuple(domains), indices=tuple(range(int(n_images))), unary=unary,
                                 progress=progress)
     return jobs.submit(parts, compute, label=label, store=TABLE_STORE)
 
@@ -260,5 +263,5 @@ def unit_info(result: SensitivityResult, layer: str, unit: int) -> UnitInfo:
                     partners, has)
 
 
-__all__ = ["DEFAULT_SIZE", "PROBE_SOURCES", "TABLE_STORE", "UnitInfo", "job_table", "layer_summary", "load_table",
+__all__ = ["DEFAULT_SIZE", "PROBE_SOURCES", "UNARY_MODES", "TABLE_STORE", "UnitInfo", "job_table", "layer_summary", "load_table",
            "probe_dsp", "probe_job", "probe_oracle", "rank_agreement", "recombine", "run_tables", "saved_table_path", "unit_info"]
