@@ -113,3 +113,23 @@ def test_l1norm_scores_filters_by_weights(r18):
     plan = select(r18, score="l1norm", rate=0.3)
     assert plan.criterion == "l1norm" and plan.num_pruned["filter"] > 0
     assert plan != select(r18, score="gamma", rate=0.3)
+
+
+def test_only_group_prunes_one_coupling_group(r18, b0):
+    full = select(r18, rate=0.3)
+    gid = next(g.gid for g in full.groups if g.size >= 64)
+    plan = select(r18, rate=0.5, only_group=gid, round_to=1)
+    assert [g.gid for g in plan.groups] == [gid]
+    g = plan.groups[0]
+    assert len(g.pruned) == g.size // 2  # half of that group, lowest |γ| first
+    gammas = {str(lp.name): lp for lp in plan.layers}
+    touched = [lp.name for lp in plan.layers if lp.pruned]
+    assert touched and all(len(gammas[n].pruned) == g.size // 2 for n in touched)  # every member layer, same count
+    assert sum(len(lp.pruned) for lp in plan.layers if lp.name not in touched) == 0
+    assert "only coupling group" in plan.note
+    heads = select(b0, rate=0.5, kinds=("head",))
+    hid = next(h.gid for h in heads.groups if h.size >= 2)
+    one = select(b0, rate=0.5, only_group=hid, kinds=("head",))
+    assert len(one.groups) == 1 and len(one.groups[0].pruned) == one.groups[0].size // 2
+    with pytest.raises(ConfigError, match="no prunable coupling group"):
+        select(r18, rate=0.3, only_group=10_000)

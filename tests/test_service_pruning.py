@@ -79,3 +79,72 @@ def test_soft_masked_predictions_and_miou(assets):
     np.testing.assert_allclose(scores["delta"], scores["pruned_miou"] - scores["dense_miou"])
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
     assert not hasattr(model, "pruning_plan") and not svc.is_busy()
+
+
+# -------------------------------------------------------------------------------------------------
+# curves, per-layer curves, export (background jobs)
+# -------------------------------------------------------------------------------------------------
+DOMS = ("source", "night")
+
+
+def test_curve_job_rates_costs_and_persistence(assets, dashboard_cache):
+    from npdg.service import jobs
+
+    run, _ = assets
+    status = pr.curve_job(run, "npdg", rates=(0.0, 0.3), n_images=1, domains=DOMS)
+    assert jobs.wait(status.key, 600).state == "done", jobs.status(status.key).error
+    frame = pr.job_frame(status)
+    assert list(frame.columns) == pr.CURVE_COLUMNS and len(frame) == 4
+    r0, r3 = frame[frame["rate"] == 0.0], frame[frame["rate"] == 0.3]
+    np.testing.assert_allclose(r0["miou"], r0["dense_miou"])  # rate 0 is the dense model
+    assert r3["gflops"].iloc[0] < r0["gflops"].iloc[0] and r3["params"].iloc[0] < r0["params"].iloc[0]
+    assert pr.curve_job(run, "npdg", rates=(0.0, 0.3), n_images=1, domains=DOMS, lookup_only=True).state == "done"
+    assert pr.curve_job(run, "l1norm", rates=(0.0, 0.3), n_images=1, domains=DOMS, lookup_only=True) is None
+    with pytest.raises(ConfigError):
+        pr.curve_job(run, "npdg", rates=(0.0, 1.5))
+    with pytest.raises(ConfigError):
+        pr.curve_job(run, "bogus", rates=(0.0,))
+
+
+def test_layer_curves_prune_one_group_at_a_time(assets, dashboard_cache):
+    from npdg.service import jobs
+
+    run, _ = assets
+    groups = pr.prunable_groups(run)
+    assert len(groups) > 5 and (groups["kind"] == "filter").all()
+    status = pr.layer_curves_job(run, "l1norm", rates=(0.5,), n_images=1, domains=DOMS)
+    assert jobs.wait(status.key, 600).state == "done", jobs.status(status.key).error
+    frame = pr.job_frame(status)
+    assert list(frame.columns) == pr.LAYER_COLUMNS and len(frame) == len(groups)
+    assert (frame["pruned"] > 0).all() and (frame["pruned"] <= frame["size"] // 2 + 1).all()
+    assert frame["dense_source"].nunique() == 1
+
+
+def test_export_equals_the_what_if_and_saves_as_a_run(assets, tmp_path, dashboard_cache):
+    import zipfile
+
+    from npdg.service import jobs
+
+    run, _ = assets
+    (run / "config.yaml").write_text("model:\n  arch: deeplabv3plus\n  encoder: resnet18\n  num_classes: 19\n"
+                                     "train:\n  mode: erm\n  iters: 10\n")
+    status = pr.export_job(run, criterion="l1norm", rate=0.3)
+    assert jobs.wait(status.key, 600).state == "done", jobs.status(status.key).error
+    folder = pr.export_dir(status)
+    assert all((folder / f).is_file() for f in pr.EXPORT_FILES)
+    names = zipfile.ZipFile(__import__("io").BytesIO(pr.export_zip(folder))).namelist()
+    assert names == list(pr.EXPORT_FILES)
+    # the soft-masked what-if and the physically pruned model give the same mIoU on the same scenes
+    plan = pr.select_plan(run, criterion="l1norm", rate=0.3)
+    what_if = pr.masked_miou(run, plan, domains=DOMS, n_images=2)
+    physical = compare.evaluate_model(folder, domains=DOMS, n_images=2, size=pr.DEFAULT_SIZE).domains
+    np.testing.assert_allclose(what_if["pruned_miou"].to_numpy(), physical["miou"].to_numpy(), atol=1e-4)
+    saved = pr.save_as_run(folder, "pruned-l1", root=tmp_path / "runs")
+    assert (saved / "model.safetensors").is_file() and (saved / ".npdg-run").is_file()
+    with pytest.raises(ConfigError, match="already exists"):
+        pr.save_as_run(folder, "pruned-l1", root=tmp_path / "runs")
+    for bad in ("", "../x", ".hidden", "a/b"):
+        with pytest.raises(ConfigError):
+            pr.save_as_run(folder, bad, root=tmp_path / "runs")
+    with pytest.raises(ConfigError, match="proxy"):
+        pr.export_job(run, criterion="sensitivity", rate=0.3)

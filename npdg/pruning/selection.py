@@ -394,6 +394,7 @@ def select(
     example_size: tuple[int, int] = (64, 64),
     seed: int = 0,
     kinds: tuple[str, ...] = KINDS,
+    only_group: int | None = None,
 ) -> PruningPlan:
     """Choose the units to prune; returns a :class:`PruningPlan` (nothing is modified).
 
@@ -402,7 +403,9 @@ def select(
     values (e.g. ``SensitivityResult.weights()``, negated to prune the most sensitive units first);
     such a plan is a *proxy* criterion, not NPDG. ``label`` is the criterion name recorded in the
     plan (default: ``score``). ``kinds`` limits the candidates to filters and/or heads (``("head",)``
-    prunes only the attention heads of a SegFormer). Threshold mode prunes units scoring below ``threshold``, capped at
+    prunes only the attention heads of a SegFormer). ``only_group`` prunes ``rate`` of ONE coupling
+    group (or attention layer, by its group id) and nothing else — the per-layer sensitivity curves of
+    docs/method.md §5. Threshold mode prunes units scoring below ``threshold``, capped at
     ``rate`` (a threshold above every score prunes exactly ``rate``, and the note says so). Raises
     :class:`ConfigError` for bad arguments and :class:`DataError` when the model has no prunable unit.
     """
@@ -434,6 +437,13 @@ def select(
             note = f"threshold {threshold} prunes nothing: no candidate unit has a score below it (smallest score {min(float(c.scores.min()) for c in cands):.4g})"
         elif below > rate * total:
             note = f"threshold {threshold} is above {below} of {total} candidate scores: capped at the rate {rate:g}"
+    if only_group is not None:
+        chosen = [c for c in cands if c.gid == int(only_group)]
+        if not chosen:
+            raise ConfigError(f"no prunable coupling group {only_group!r} in this model (groups "
+                              f"{', '.join(str(c.gid) for c in cands[:8])}{' …' if len(cands) > 8 else ''})")
+        cands = chosen
+        note = (note + "; " if note else "") + f"only coupling group {only_group} ({chosen[0].root}) is pruned"
     counts = _choose(cands, rate, threshold)
     groups = []
     for c in cands:

@@ -30,7 +30,7 @@ from npdg.explain import ErrorMap, error_map
 from npdg.pruning.cost import PlanCost, plan_hash
 from npdg.pruning.cost import plan_cost as _plan_cost
 from npdg.pruning.selection import PruningPlan
-from npdg.service import engine, engine_device, file_key, lru, model_key, readonly, shared_model
+from npdg.service import device_info, engine, engine_device, file_key, jobs, lru, model_key, readonly, shared_model
 from npdg.service.data import DOMAIN_NAMES, DOMAIN_ROLES, scene_batch
 
 ProgressFn = Callable[[int, int], None]
@@ -63,8 +63,13 @@ def select_plan(
     sensitivity: str | Path | None = None,
     lam: float | None = None,
     drop: str = "most_sensitive",
+    units: str = "all",
+    only_group: int | None = None,
 ) -> PruningPlan:
     """The units ``criterion`` would prune in the model at ``model_path`` (nothing is modified).
+
+    ``units`` (``all``, ``filters``, ``heads``; ``npdg.recipes.prune.UNIT_KINDS``) limits the
+    candidates; ``only_group`` prunes ``rate`` of one coupling group only (per-layer curves).
 
     Criterion names map to scores through ``npdg.recipes.modes.CRITERIA`` (``npdg``/``slimming``:
     |γ| as the model has it; ``l1norm``; ``random`` with ``seed``). The proxy ``sensitivity`` needs
@@ -79,8 +84,12 @@ def select_plan(
     if drop not in DROP_CHOICES:
         raise ConfigError(f"drop must be one of {', '.join(DROP_CHOICES)}, got {drop!r}")
     skey = None if crit.score != "scores" else (file_key(sensitivity), None if lam is None else float(lam), drop)
+    from npdg.recipes.prune import UNIT_KINDS
+
+    if units not in UNIT_KINDS:
+        raise ConfigError(f"units must be one of {', '.join(UNIT_KINDS)}, got {units!r}")
     key = (model_key(model_path), criterion, float(rate), None if threshold is None else float(threshold), int(round_to),
-           float(max_layer_ratio), int(seed), skey)
+           float(max_layer_ratio), int(seed), skey, units, None if only_group is None else int(only_group))
 
     def compute() -> PruningPlan:
         from npdg.pruning.selection import select
@@ -99,7 +108,8 @@ def select_plan(
                 w = table.weights()
                 scores = {k: (1.0 - v).numpy() if drop == "most_sensitive" else v.numpy() for k, v in w.items()}
             return select(model, score=crit.score, scores=scores, label=criterion, rate=rate, threshold=threshold,
-                          round_to=round_to, max_layer_ratio=max_layer_ratio, seed=seed)
+                          round_to=round_to, max_layer_ratio=max_layer_ratio, seed=seed, kinds=UNIT_KINDS[units],
+                          only_group=only_group)
 
     return copy.deepcopy(_PLANS.get(key, compute))
 
@@ -214,14 +224,14 @@ def masked_miou(
         with engine():
             model = shared_model(model_path)
             kw = dict(limit=int(n_images), device=engine_device(), channels_last=False, source=source)
-            total = 2 if plan is not None and not plan.is_empty else 1
-            dense = evaluate(model, datasets, protocol, progress=_scaled(progress, 0, total), **kw)
-            if total == 1:
+            dense = _SCORES.get(("dense", model_key(model_path), doms, split, int(n_images), tuple(size), protocol),
+                                lambda: evaluate(model, datasets, protocol, progress=_scaled(progress, 0, 2), **kw))
+            if plan is None or plan.is_empty:
                 pruned = dense
             else:
                 masked = SoftMasked(model, plan)
                 masked.num_classes = getattr(model, "num_classes", 19)
-                pruned = evaluate(masked, datasets, protocol, progress=_scaled(progress, 1, total), **kw)
+                pruned = evaluate(masked, datasets, protocol, progress=_scaled(progress, 1, 2), **kw)
         rows = [{"domain": d, "role": DOMAIN_ROLES.get(d, "real"), "averaged": is_averaged(d, source),
                  "dense_miou": dense.results[d].miou, "pruned_miou": pruned.results[d].miou,
                  "delta": pruned.results[d].miou - dense.results[d].miou} for d in datasets]
@@ -241,5 +251,203 @@ def _scaled(progress: ProgressFn | None, part: int, parts: int) -> ProgressFn | 
     return call
 
 
-__all__ = ["DEFAULT_SIZE", "DROP_CHOICES", "MaskedPrediction", "criteria", "masked_miou", "masked_predictions",
-           "plan_cost", "plan_table", "select_plan"]
+# ==================================================================================================
+# curves: mIoU against the rate, per criterion and per coupling group (background jobs)
+# ==================================================================================================
+#: Rates of the mIoU-vs-rate curves (the page's slider range in steps of 0.1).
+CURVE_RATES: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+#: Rates of the per-layer curves (one coupling group pruned at a time).
+LAYER_RATES: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7)
+CURVE_COLUMNS = ["criterion", "rate", "domain", "role", "averaged", "miou", "dense_miou", "gflops", "params", "n_images"]
+LAYER_COLUMNS = ["gid", "layer", "kind", "size", "rate", "pruned", "source", "heldout", "dense_source", "dense_heldout",
+                 "n_images"]
+
+
+def _source_heldout(scores: pd.DataFrame, column: str) -> tuple[float, float]:
+    """(source mIoU, mean over the averaged held-out domains) of a :func:`masked_miou` frame."""
+    src = scores.loc[scores["role"] == "source", column]
+    held = scores.loc[scores["averaged"], column]
+    return (float(src.iloc[0]) if len(src) else float("nan"), float(held.mean()) if len(held) else float("nan"))
+
+
+def curve_job(model_path: str | Path, criterion: str, *, rates: Sequence[float] = CURVE_RATES, n_images: int = 4,
+              domains: Sequence[str] = DOMAIN_NAMES, units: str = "all", seed: int = 0,
+              cost_size: tuple[int, int] = (512, 1024), lookup_only: bool = False):
+    """mIoU per domain (soft-masked) and the plan's GFLOPs / parameters at each of ``rates`` for one
+    (model, criterion) pair, as a background job shared by all sessions and persisted in the
+    dashboard cache (columns :data:`CURVE_COLUMNS`). ``lookup_only``: only an existing job."""
+    rates = tuple(float(r) for r in rates)
+    for r in rates:
+        if not 0.0 <= r < 1.0:
+            raise ConfigError(f"rates must be in [0, 1), got {r}")
+    doms = tuple(domains)
+    parts = ("curve", model_key(model_path), criterion, rates, int(n_images), doms, units, int(seed), tuple(cost_size))
+    label = f"mIoU vs rate, {criterion} ({len(rates)} rates × {len(doms)} domains × {int(n_images)} scenes)"
+    if lookup_only:
+        return jobs.lookup(parts, jobs.FRAME_STORE, label)
+    select_plan(model_path, criterion=criterion, rate=rates[0], units=units, seed=seed)  # bad settings fail here
+
+    def compute(progress) -> pd.DataFrame:
+        frames = []
+        for i, r in enumerate(rates):
+            plan = select_plan(model_path, criterion=criterion, rate=r, units=units, seed=seed)
+            scores = masked_miou(model_path, plan, domains=doms, n_images=n_images)
+            cost = plan_cost(model_path, plan, cost_size)
+            frames.append(pd.DataFrame({
+                "criterion": criterion, "rate": r, "domain": scores["domain"], "role": scores["role"],
+                "averaged": scores["averaged"], "miou": scores["pruned_miou"], "dense_miou": scores["dense_miou"],
+                "gflops": cost.gflops, "params": cost.params, "n_images": int(n_images)}))
+            progress(i + 1, len(rates))
+        return pd.concat(frames, ignore_index=True)[CURVE_COLUMNS]
+
+    return jobs.submit(parts, compute, label=label, store=jobs.FRAME_STORE)
+
+
+def prunable_groups(model_path: str | Path, units: str = "all") -> pd.DataFrame:
+    """The coupling groups (and attention layers) a plan can prune: ``gid, layer, kind, size``
+    (``layer``: the group's root BN, or the attention module), in model order."""
+    plan = select_plan(model_path, criterion="random", rate=0.0, units=units)
+    return pd.DataFrame([{"gid": g.gid, "layer": g.root, "kind": g.kind, "size": g.size} for g in plan.groups],
+                        columns=["gid", "layer", "kind", "size"])
+
+
+def layer_curves_job(model_path: str | Path, criterion: str = "npdg", *, rates: Sequence[float] = LAYER_RATES,
+                     n_images: int = 2, domains: Sequence[str] = DOMAIN_NAMES, units: str = "all",
+                     lookup_only: bool = False):
+    """Per coupling group, source and held-out mIoU with only that group pruned at each of ``rates``
+    (the rest of the model dense; soft masks), as a background job (columns
+    :data:`LAYER_COLUMNS`): which layers a criterion can thin without hurting, and which it cannot.
+    The partial result is not kept; the finished table is persisted in the dashboard cache."""
+    rates = tuple(float(r) for r in rates)
+    doms = tuple(domains)
+    parts = ("layers", model_key(model_path), criterion, rates, int(n_images), doms, units)
+    label = f"per-layer curves, {criterion} ({len(rates)} rates × {int(n_images)} scenes per domain)"
+    if lookup_only:
+        return jobs.lookup(parts, jobs.FRAME_STORE, label)
+    groups = prunable_groups(model_path, units)
+
+    def compute(progress) -> pd.DataFrame:
+        dense = masked_miou(model_path, None, domains=doms, n_images=n_images)
+        d_src, d_held = _source_heldout(dense, "dense_miou")
+        rows, total = [], len(groups) * len(rates)
+        for gi, g in enumerate(groups.itertuples()):
+            for ri, r in enumerate(rates):
+                plan = select_plan(model_path, criterion=criterion, rate=r, units=units, only_group=int(g.gid))
+                src, held = _source_heldout(masked_miou(model_path, plan, domains=doms, n_images=n_images), "pruned_miou")
+                rows.append({"gid": int(g.gid), "layer": g.layer, "kind": g.kind, "size": int(g.size), "rate": r,
+                             "pruned": sum(len(x.pruned) for x in plan.groups), "source": src, "heldout": held,
+                             "dense_source": d_src, "dense_heldout": d_held, "n_images": int(n_images)})
+                progress(gi * len(rates) + ri + 1, total)
+        return pd.DataFrame(rows, columns=LAYER_COLUMNS)
+
+    return jobs.submit(parts, compute, label=label, store=jobs.FRAME_STORE)
+
+
+def job_frame(status) -> pd.DataFrame | None:
+    """The finished table of a :func:`curve_job` / :func:`layer_curves_job` (a copy), or None."""
+    frame = None if status is None else jobs.result(status.key)
+    return None if frame is None else frame.copy()
+
+
+# ==================================================================================================
+# export: the physically pruned model
+# ==================================================================================================
+EXPORT_FILES = ("model.safetensors", "pruning_plan.json", "cost.json")
+
+
+def export_job(model_path: str | Path, *, criterion: str, rate: float, threshold: float | None = None,
+               round_to: int = DEFAULT_ROUND_TO, max_layer_ratio: float = DEFAULT_MAX_LAYER_RATIO, seed: int = 0,
+               units: str = "all", latency: bool = False, lookup_only: bool = False):
+    """Physically prune the model as the page's settings say (``npdg.recipes.prune.prune_run``
+    without sparse training or fine-tuning) into a run folder in the dashboard cache, with
+    ``cost.json`` (GFLOPs and parameters; latency when ``latency``), as a background job. Read the
+    folder with :func:`export_dir`; :func:`export_zip` packs it for a download, :func:`save_as_run`
+    copies it to ``runs/``."""
+    from npdg.recipes.modes import criterion as get_criterion
+    if get_criterion(criterion).score == "scores":
+        raise ConfigError(f"criterion {criterion!r} is a proxy ranked by a sensitivity table: export it with "
+                          "npdg.pruning.selection.select(scores=...) in Python; the page exports npdg, slimming, "
+                          "l1norm and random")
+    parts = ("export", model_key(model_path), criterion, float(rate), None if threshold is None else float(threshold),
+             int(round_to), float(max_layer_ratio), int(seed), units, bool(latency))
+    key = jobs.job_key(parts)
+    label = f"physical pruning ({criterion}, r = {float(rate):.2f})"
+    if lookup_only:
+        return jobs.lookup(parts, _EXPORT_STORE, label)
+
+    def compute(progress):
+        from npdg.config import PruneConfig
+        from npdg.recipes.prune import prune_run
+
+        out = jobs.cache_dir() / "exports" / key
+        cfg = PruneConfig(criterion=criterion, rate=float(rate), threshold=threshold, round_to=int(round_to),
+                          max_layer_ratio=float(max_layer_ratio), seed=int(seed), units=units, sparse_iters=0,
+                          finetune_iters=0, cost_size=(512, 1024), cost_batches=(1,) if latency else (),
+                          cost_repeats=3)
+        with engine():
+            prune_run(model_path, out, cfg, device=device_info().device, overwrite=out.exists(), log=lambda m: None)
+        progress(1, 1)
+        return out
+
+    return jobs.submit(parts, compute, label=label, store=_EXPORT_STORE)
+
+
+def _save_marker(folder: Path, path: Path) -> None:
+    from npdg.runs import atomic_write_text
+
+    atomic_write_text(str(folder) + "\n", path)
+
+
+def _load_marker(path: Path) -> Path:
+    folder = Path(path.read_text().strip())
+    if not all((folder / f).is_file() for f in EXPORT_FILES):
+        raise FileNotFoundError(f"the exported run {folder} is incomplete")
+    return folder
+
+
+def _export_store():
+    return jobs.Store("exports-index", ".path", _save_marker, _load_marker)
+
+
+_EXPORT_STORE = _export_store()
+
+
+def export_dir(status) -> Path | None:
+    """The run folder of a finished :func:`export_job`, or None."""
+    return None if status is None else jobs.result(status.key)
+
+
+def export_zip(folder: str | Path) -> bytes:
+    """``model.safetensors`` + ``pruning_plan.json`` + ``cost.json`` of an exported run, zipped."""
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for name in EXPORT_FILES:
+            zf.write(Path(folder) / name, arcname=name)
+    return buf.getvalue()
+
+
+def save_as_run(folder: str | Path, name: str, root: str | Path = "runs") -> Path:
+    """Copy an exported run to ``root/name`` (a new folder; an existing one is refused, nothing is
+    overwritten), so ``npdg eval`` / ``cost`` and the dashboard's model panel accept it."""
+    import re
+    import shutil
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name or ""):
+        raise ConfigError(f"a run name is 1–64 letters, digits, '.', '_' or '-' (not starting with a dot), got {name!r}")
+    dst = Path(root) / name
+    if dst.exists():
+        raise ConfigError(f"{dst} already exists: choose another name (nothing was overwritten)")
+    tmp = Path(root) / f".{name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(folder, tmp)
+    tmp.rename(dst)
+    return dst
+
+
+__all__ = ["CURVE_COLUMNS", "CURVE_RATES", "DEFAULT_SIZE", "DROP_CHOICES", "EXPORT_FILES", "LAYER_COLUMNS",
+           "LAYER_RATES", "MaskedPrediction", "criteria", "curve_job", "export_dir", "export_job", "export_zip",
+           "job_frame", "layer_curves_job", "masked_miou", "masked_predictions", "plan_cost", "plan_table",
+           "prunable_groups", "save_as_run", "select_plan"]
