@@ -80,3 +80,16 @@ def map_grid(maps: np.ndarray, titles: Sequence[str], *, zmin: float, zmax: floa
                       coloraxis=dict(colorscale=colorscale, cmin=zmin, cmax=zmax, colorbar=dict(title=colorbar_title)))
     fig.update_annotations(font_size=11)
     return fig
+
+
+#: A long qualitative palette (plotly's Dark24): one fixed colour per layer in per-layer views.
+_CATEGORICAL = (
+    "#2E91E5", "#E15F99", "#1CA71C", "#FB0D0D", "#DA16FF", "#222A2A", "#B68100", "#750D86", "#EB663B", "#511CFB",
+    "#00A08B", "#FB00D1", "#FC0080", "#B2828D", "#6C7C32", "#778AAE", "#862A16", "#A777F1", "#620042", "#1616A7",
+    "#DA60CA", "#6C4516", "#0D2A63", "#AF0038",
+)
+
+
+def categorical(i: int) -> str:
+    """The ``i``-th colour of a fixed 24-colour palette (cycled)."""
+    return _CATEGORICAL[i % len(_CATEGORICAL)]

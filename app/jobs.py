@@ -8,6 +8,9 @@ once to show the result. Another browser session asking for the same job follows
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import streamlit as st
 
 from npdg.service import jobs
@@ -16,19 +19,24 @@ POLL_SECONDS = 0.5
 
 
 @st.fragment(run_every=POLL_SECONDS)
-def _poll(key: str, what: str) -> None:
+def _poll(key: str, what: str, unit: str, draw_partial: Callable[[Any], None] | None) -> None:
     status = jobs.status(key)
     if status is None or status.state != "running":
         st.rerun(scope="app")
     with st.status(f"{what} — {status.label}", state="running", expanded=True):
-        total = f"{status.done}/{status.total} batches" if status.total else "starting"
+        total = f"{status.done}/{status.total} {unit}" if status.total else "starting"
         st.progress(status.fraction, text=f"{total} · {status.elapsed:.1f} s (other widgets keep working; "
                                           "other sessions asking for the same result wait for this one)")
+    found = jobs.partial(key) if draw_partial is not None else None
+    if found is not None:
+        draw_partial(found)
 
 
-def follow(status: jobs.JobStatus | None, what: str, retry_key: str) -> bool:
+def follow(status: jobs.JobStatus | None, what: str, retry_key: str, *, unit: str = "steps",
+           draw_partial: Callable[[Any], None] | None = None) -> bool:
     """Render ``status``; True when its result is ready. A failed job shows its error and a retry
-    button (``retry_key``) that forgets it, so the next run submits it again."""
+    button (``retry_key``) that forgets it, so the next run submits it again. While it runs,
+    ``draw_partial(partial)`` draws what the worker has so far (inside the polling fragment)."""
     if status is None:
         return False
     if status.state == "done":
@@ -39,5 +47,5 @@ def follow(status: jobs.JobStatus | None, what: str, retry_key: str) -> bool:
             jobs.forget(status.key)
             st.rerun()
         return False
-    _poll(status.key, what)
+    _poll(status.key, what, unit, draw_partial)
     return False

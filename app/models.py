@@ -48,14 +48,16 @@ def _path(model_id: str) -> Path:
     return zoo.zoo_model_path(rest) if kind == "zoo" else Path(rest)
 
 
-def model_panel() -> ModelChoice | None:
-    """Render the panel; return the chosen model (None, with a message, when there is none)."""
+def model_panel(default: str | None = None) -> ModelChoice | None:
+    """Render the panel; return the chosen model (None, with a message, when there is none).
+    ``default``: this page's starting model when the URL names none (else :data:`DEFAULT_MODEL`)."""
     options = _options()
     if not options:
         st.sidebar.info("No model yet: build the zoo (`make zoo`) or train one (`python -m npdg train ...`).")
         return None
     ids = list(options)
-    default = DEFAULT_MODEL if DEFAULT_MODEL in options else ids[0]
+    wanted = [m for m in (default, DEFAULT_MODEL) if m is not None and m in options]
+    default = wanted[0] if wanted else ids[0]
     choice = st.sidebar.selectbox(
         "Model", ids, index=ids.index(default), key="m", bind="query-params",
         help="A shipped zoo model (`zoo:NAME`, assets/zoo, see assets/README.md) or a run under runs/ with a "

@@ -16,6 +16,9 @@ SECTIONS: dict[str, list[tuple[str, str, str, str]]] = {
         ("../pages/styles.py", "Styles", "🎨", "styles"),
         ("../pages/sensitivity.py", "Sensitivity", "🌡️", "sensitivity"),
     ],
+    "Prune": [
+        ("../pages/prune.py", "Prune", "✂️", "prune"),
+    ],
     "Inspect": [
         ("../pages/unit.py", "Unit", "🔬", "unit"),
     ],

@@ -8,8 +8,9 @@ every setting, so it survives a restart; zoo assets are never written to.
 
 Pages poll :func:`status` (a frozen :class:`JobStatus`: state, progress, elapsed seconds, error)
 and read :func:`result` when it is done, so widgets keep working while a job runs. The compute
-function gets a ``progress(done, total)`` callback and takes :func:`npdg.service.engine` itself
-where it touches a shared model.
+function gets a ``progress(done, total, partial=None)`` callback — ``partial``, when given, is what
+it has so far, for pages that fill a figure in progressively (:func:`partial`) — and takes
+:func:`npdg.service.engine` itself where it touches a shared model.
 """
 
 from __future__ import annotations
@@ -79,6 +80,7 @@ class _Job:
     started: float = field(default_factory=time.monotonic)
     finished: float | None = None
     from_disk: bool = False
+    partial: Any = None  # what the worker has so far (optional; see ``progress``)
     event: threading.Event = field(default_factory=threading.Event)
 
 
@@ -111,8 +113,10 @@ def _status(job: _Job) -> JobStatus:
 
 
 def _run(job: _Job, compute: Callable[[ProgressFn], Any], store: Store | None) -> None:
-    def progress(done: int, total: int) -> None:
+    def progress(done: int, total: int, partial: Any = None) -> None:
         job.done, job.total = int(done), int(total)
+        if partial is not None:
+            job.partial = partial
 
     try:
         value = compute(progress)
@@ -191,6 +195,14 @@ def result(key: str) -> Any:
     return job.result if job is not None and job.state == "done" else None
 
 
+def partial(key: str) -> Any:
+    """What a running job's worker reported so far (``progress(done, total, partial)``), or None —
+    pages draw it while the job fills in (callers copy before changing it)."""
+    with _LOCK:
+        job = _JOBS.get(key)
+    return None if job is None else job.partial
+
+
 def wait(key: str, timeout: float | None = None) -> JobStatus | None:
     """Block until job ``key`` finishes (or ``timeout`` seconds pass); its status."""
     with _LOCK:
@@ -221,4 +233,4 @@ def forget(key: str | None = None) -> None:
 
 
 __all__ = ["CACHE_ENV", "FRAME_STORE", "JobStatus", "STATES", "Store", "cache_dir", "forget", "job_key", "lookup",
-           "result", "status", "submit", "wait", "wait_all"]
+           "partial", "result", "status", "submit", "wait", "wait_all"]

@@ -42,6 +42,11 @@ _PREDICTIONS = lru(64)
 _SCORES = lru(32)
 
 
+def _domains(domains: Sequence[str] | None) -> tuple[str, ...]:
+    """The given domains, or every synthetic domain (read at call time)."""
+    return tuple(DOMAIN_NAMES if domains is None else domains)
+
+
 def criteria() -> pd.DataFrame:
     """The pruning criteria: ``name, summary, score, sparse_mode, proxy`` (docs/method.md §0)."""
     from npdg.recipes.modes import CRITERIA
@@ -167,11 +172,11 @@ def masked_predictions(
     *,
     split: str = "val",
     index: int = 0,
-    domains: Sequence[str] = DOMAIN_NAMES,
+    domains: Sequence[str] | None = None,
     size: tuple[int, int] = DEFAULT_SIZE,
 ) -> tuple[MaskedPrediction, ...]:
     """Scene ``(split, index)`` in each of ``domains``, predicted dense and with ``plan`` soft-masked."""
-    doms = tuple(domains)
+    doms = _domains(domains)
     key = ("pred", model_key(model_path), plan_hash(plan), split, int(index), doms, tuple(size))
 
     def compute() -> tuple[MaskedPrediction, ...]:
@@ -198,7 +203,7 @@ def masked_miou(
     model_path: str | Path,
     plan: PruningPlan | None,
     *,
-    domains: Sequence[str] = DOMAIN_NAMES,
+    domains: Sequence[str] | None = None,
     split: str = "val",
     n_images: int = 4,
     size: tuple[int, int] = DEFAULT_SIZE,
@@ -212,7 +217,7 @@ def masked_miou(
     docs/method.md §6). Scores come from :func:`npdg.evaluate.evaluate` (one confusion matrix per
     domain), so they match ``npdg eval`` on the same scenes.
     """
-    doms = tuple(domains)
+    doms = _domains(domains)
     key = ("miou", model_key(model_path), plan_hash(plan), doms, split, int(n_images), tuple(size), protocol)
 
     def compute() -> pd.DataFrame:
@@ -252,6 +257,70 @@ def _scaled(progress: ProgressFn | None, part: int, parts: int) -> ProgressFn | 
 
 
 # ==================================================================================================
+# which model goes with which criterion
+# ==================================================================================================
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the Prune page needs to know about a model: architecture, its training ``mode`` (from its
+    ``config.yaml``; ``npdg`` / ``slimming`` mean it was sparse-trained that way) and unit kinds."""
+
+    arch: str
+    encoder: str
+    mode: str
+    kinds: tuple[str, ...]
+
+    @property
+    def sparse_trained(self) -> bool:
+        return self.mode in ("npdg", "slimming")
+
+
+def model_facts(model_path: str | Path) -> ModelFacts:
+    """Architecture, training mode and prunable unit kinds of the model at ``model_path``."""
+    from npdg.config import load_run_config
+    from npdg.models.store import resolve_model_path
+
+    folder = resolve_model_path(model_path).parent
+    cfg = load_run_config(folder)
+    plan = select_plan(model_path, criterion="random", rate=0.0)
+    kinds = tuple(k for k in ("filter", "head") if plan.candidates.get(k, 0) > 0)
+    if cfg is None:
+        return ModelFacts(plan.arch, plan.encoder, "unknown", kinds)
+    return ModelFacts(cfg.model.arch, cfg.model.encoder, cfg.train.mode, kinds)
+
+
+@dataclass(frozen=True)
+class CurvePair:
+    """One curve of the Prune page: a criterion on the model it belongs to (``label`` names both)."""
+
+    label: str
+    model: str  # a model id: ``zoo:NAME`` or ``run:PATH``
+    path: Path
+    criterion: str
+
+
+def curve_pairs(model_id: str, model_path: str | Path) -> list[CurvePair]:
+    """The (model, criterion) pairs the Prune page compares for the chosen model: ``npdg`` on the
+    zoo's npdg-sparse model and ``slimming`` on its slimming-sparse model of the same architecture
+    (they rank the same |γ| and differ only in how the model was sparse-trained, docs/method.md §5),
+    and ``l1norm`` and ``random`` on the chosen model itself."""
+    from npdg.recipes import zoo as zoo_recipe
+
+    facts = model_facts(model_path)
+    pairs: list[CurvePair] = []
+    for name, card in zoo_recipe.cards().items():
+        if card.get("kind") != "sparse" or card.get("sparse_mode") not in ("npdg", "slimming"):
+            continue
+        folder = zoo_recipe.ZOO_DIR / name
+        theirs = model_facts(folder)
+        if (theirs.arch, theirs.encoder) == (facts.arch, facts.encoder):
+            pairs.append(CurvePair(f"{card['sparse_mode']} on {name}", f"zoo:{name}", folder, card["sparse_mode"]))
+    pairs.sort(key=lambda p: ("npdg", "slimming").index(p.criterion))
+    short = model_id.split(":", 1)[-1].rstrip("/").split("/")[-1]
+    pairs += [CurvePair(f"{c} on {short}", model_id, Path(model_path), c) for c in ("l1norm", "random")]
+    return pairs
+
+
+# ==================================================================================================
 # curves: mIoU against the rate, per criterion and per coupling group (background jobs)
 # ==================================================================================================
 #: Rates of the mIoU-vs-rate curves (the page's slider range in steps of 0.1).
@@ -270,17 +339,17 @@ def _source_heldout(scores: pd.DataFrame, column: str) -> tuple[float, float]:
     return (float(src.iloc[0]) if len(src) else float("nan"), float(held.mean()) if len(held) else float("nan"))
 
 
-def curve_job(model_path: str | Path, criterion: str, *, rates: Sequence[float] = CURVE_RATES, n_images: int = 4,
-              domains: Sequence[str] = DOMAIN_NAMES, units: str = "all", seed: int = 0,
+def curve_job(model_path: str | Path, criterion: str, *, rates: Sequence[float] | None = None, n_images: int = 4,
+              domains: Sequence[str] | None = None, units: str = "all", seed: int = 0,
               cost_size: tuple[int, int] = (512, 1024), lookup_only: bool = False):
     """mIoU per domain (soft-masked) and the plan's GFLOPs / parameters at each of ``rates`` for one
     (model, criterion) pair, as a background job shared by all sessions and persisted in the
     dashboard cache (columns :data:`CURVE_COLUMNS`). ``lookup_only``: only an existing job."""
-    rates = tuple(float(r) for r in rates)
+    rates = tuple(float(r) for r in (CURVE_RATES if rates is None else rates))
     for r in rates:
         if not 0.0 <= r < 1.0:
             raise ConfigError(f"rates must be in [0, 1), got {r}")
-    doms = tuple(domains)
+    doms = _domains(domains)
     parts = ("curve", model_key(model_path), criterion, rates, int(n_images), doms, units, int(seed), tuple(cost_size))
     label = f"mIoU vs rate, {criterion} ({len(rates)} rates × {len(doms)} domains × {int(n_images)} scenes)"
     if lookup_only:
@@ -297,7 +366,7 @@ def curve_job(model_path: str | Path, criterion: str, *, rates: Sequence[float] 
                 "criterion": criterion, "rate": r, "domain": scores["domain"], "role": scores["role"],
                 "averaged": scores["averaged"], "miou": scores["pruned_miou"], "dense_miou": scores["dense_miou"],
                 "gflops": cost.gflops, "params": cost.params, "n_images": int(n_images)}))
-            progress(i + 1, len(rates))
+            progress(i + 1, len(rates), pd.concat(frames, ignore_index=True)[CURVE_COLUMNS])
         return pd.concat(frames, ignore_index=True)[CURVE_COLUMNS]
 
     return jobs.submit(parts, compute, label=label, store=jobs.FRAME_STORE)
@@ -311,15 +380,16 @@ def prunable_groups(model_path: str | Path, units: str = "all") -> pd.DataFrame:
                         columns=["gid", "layer", "kind", "size"])
 
 
-def layer_curves_job(model_path: str | Path, criterion: str = "npdg", *, rates: Sequence[float] = LAYER_RATES,
-                     n_images: int = 2, domains: Sequence[str] = DOMAIN_NAMES, units: str = "all",
+def layer_curves_job(model_path: str | Path, criterion: str = "npdg", *, rates: Sequence[float] | None = None,
+                     n_images: int = 2, domains: Sequence[str] | None = None, units: str = "all",
                      lookup_only: bool = False):
     """Per coupling group, source and held-out mIoU with only that group pruned at each of ``rates``
     (the rest of the model dense; soft masks), as a background job (columns
     :data:`LAYER_COLUMNS`): which layers a criterion can thin without hurting, and which it cannot.
-    The partial result is not kept; the finished table is persisted in the dashboard cache."""
-    rates = tuple(float(r) for r in rates)
-    doms = tuple(domains)
+    The rows so far are the job's partial result (one group at a time); the finished table is
+    persisted in the dashboard cache."""
+    rates = tuple(float(r) for r in (LAYER_RATES if rates is None else rates))
+    doms = _domains(domains)
     parts = ("layers", model_key(model_path), criterion, rates, int(n_images), doms, units)
     label = f"per-layer curves, {criterion} ({len(rates)} rates × {int(n_images)} scenes per domain)"
     if lookup_only:
@@ -331,13 +401,13 @@ def layer_curves_job(model_path: str | Path, criterion: str = "npdg", *, rates: 
         d_src, d_held = _source_heldout(dense, "dense_miou")
         rows, total = [], len(groups) * len(rates)
         for gi, g in enumerate(groups.itertuples()):
-            for ri, r in enumerate(rates):
+            for r in rates:
                 plan = select_plan(model_path, criterion=criterion, rate=r, units=units, only_group=int(g.gid))
                 src, held = _source_heldout(masked_miou(model_path, plan, domains=doms, n_images=n_images), "pruned_miou")
                 rows.append({"gid": int(g.gid), "layer": g.layer, "kind": g.kind, "size": int(g.size), "rate": r,
                              "pruned": sum(len(x.pruned) for x in plan.groups), "source": src, "heldout": held,
                              "dense_source": d_src, "dense_heldout": d_held, "n_images": int(n_images)})
-                progress(gi * len(rates) + ri + 1, total)
+            progress((gi + 1) * len(rates), total, pd.DataFrame(rows, columns=LAYER_COLUMNS))
         return pd.DataFrame(rows, columns=LAYER_COLUMNS)
 
     return jobs.submit(parts, compute, label=label, store=jobs.FRAME_STORE)
@@ -448,6 +518,6 @@ def save_as_run(folder: str | Path, name: str, root: str | Path = "runs") -> Pat
 
 
 __all__ = ["CURVE_COLUMNS", "CURVE_RATES", "DEFAULT_SIZE", "DROP_CHOICES", "EXPORT_FILES", "LAYER_COLUMNS",
-           "LAYER_RATES", "MaskedPrediction", "criteria", "curve_job", "export_dir", "export_job", "export_zip",
+           "LAYER_RATES", "CurvePair", "MaskedPrediction", "ModelFacts", "criteria", "curve_pairs", "model_facts", "curve_job", "export_dir", "export_job", "export_zip",
            "job_frame", "layer_curves_job", "masked_miou", "masked_predictions", "plan_cost", "plan_table",
            "prunable_groups", "save_as_run", "select_plan"]

@@ -1,0 +1,350 @@
+"""Prune page: what if these units were gone? A live what-if at any rate, curves, export.
+
+Widgets → :mod:`npdg.service.pruning`: a plan from the criterion and the limits, its cost from the
+plan alone, soft-masked mIoU per domain (the shared model is never changed), mIoU-vs-rate and
+per-layer curves as background jobs, and the physically pruned model as a download or a run.
+Criterion, rate, mode, threshold, cap, rounding, units and scene count are bound to the URL.
+"""
+
+from __future__ import annotations
+
+import plotly.graph_objects as go
+import streamlit as st
+
+from app import components, figures, heatmap
+from app import jobs as jobs_ui
+from app.models import model_panel
+from npdg.service import pruning
+
+CRITERIA = ("npdg", "slimming", "l1norm", "random", "sensitivity")
+CRITERION_HELP = {
+    "npdg": "|γ| of a model sparse-trained with sensitivity-weighted L1 (NPDG, docs/method.md §4–5)",
+    "slimming": "|γ| of a model sparse-trained with plain L1 (Network Slimming)",
+    "l1norm": "L1 norm of each filter's producing convolution (no training needed)",
+    "random": "a random ranking (seeded): the floor every criterion must beat",
+    "sensitivity": "proxy: rank by the saved style-sensitivity table, most sensitive first — not NPDG",
+}
+UNITS = {"all": "filters and heads", "filters": "filters only", "heads": "heads only"}
+PAIR_COLOURS = ("#d62728", "#1f77b4", "#2ca02c", "#7f7f7f", "#9467bd", "#8c564b")
+
+st.title("Prune — what if these units were gone?")
+st.markdown(
+    "Pruning removes whole units — BN filters (with every channel coupled to them) and attention heads. "
+    "NPDG ranks units by |γ| **after** a sparse training that pushed the *style-sensitive* ones towards zero, "
+    "so cutting the smallest |γ| removes those units: the model gets cheaper and, the paper claims, "
+    "generalizes better (docs/method.md §4–5). Here the plan is applied as **soft masks** on the loaded model "
+    "(the shared model is never changed): instant, and equal to the physically pruned model before fine-tuning."
+)
+
+model = model_panel(default="zoo:r18-npdg-sparse")
+if model is None:
+    st.info("Pick a model in the sidebar.")
+    st.stop()
+try:
+    facts = pruning.model_facts(model.path)
+except Exception as exc:  # a model that cannot be loaded, or one with no prunable unit
+    components.error_box(exc)
+    st.stop()
+
+c1, c2, c3, c4 = st.columns([3, 3, 2, 2])
+criterion = c1.radio("Criterion", CRITERIA, key="crit", bind="query-params", horizontal=True,
+                     help=" · ".join(f"**{k}**: {v}" for k, v in CRITERION_HELP.items()))
+rate = c2.slider("Rate r", 0.0, 0.7, 0.3, 0.05, key="rate", bind="query-params",
+                 help="Share of the candidate units to prune (per kind: filters and heads are counted separately).")
+n_scenes = c3.select_slider("Scenes per domain", [2, 4, 8], 2, key="n", bind="query-params",
+                            help="How many val scenes per domain the what-if mIoU uses (the first N). More is slower "
+                                 "and steadier; every figure says how many.")
+units_choices = [u for u in UNITS if u == "all" or (u == "filters" and "filter" in facts.kinds)
+                 or (u == "heads" and "head" in facts.kinds)]
+units = c4.radio("Units", units_choices, key="units", bind="query-params", format_func=UNITS.get,
+                 help="Which kinds of unit may be pruned (SegFormer: its attention heads and its decoder's filters).")
+
+with st.expander("Threshold mode, per-layer cap, rounding", expanded=False):
+    e1, e2, e3, e4 = st.columns(4)
+    use_threshold = e1.toggle("Threshold mode", key="thr_on", bind="query-params",
+                              help="Prune units whose score is below a threshold, at most the rate r.")
+    threshold = e2.number_input("Threshold", 1e-6, 1e6, 0.05, format="%.4f", key="thr", bind="query-params",
+                                disabled=not use_threshold, help="Score (e.g. |γ|) below which a unit is pruned.")
+    cap = e3.slider("Per-layer cap", 0.1, 1.0, float(pruning.DEFAULT_MAX_LAYER_RATIO), 0.05, key="cap",
+                    bind="query-params", help="At most this share of one coupling group is pruned.")
+    round_to = e4.select_slider("Round kept channels to", [1, 2, 4, 8, 16], int(pruning.DEFAULT_ROUND_TO), key="round",
+                                bind="query-params", help="Kept channels per group: a multiple of this (hardware-friendly).")
+settings = dict(criterion=criterion, rate=float(rate), threshold=float(threshold) if use_threshold else None,
+                round_to=int(round_to), max_layer_ratio=float(cap), units=units)
+
+
+def _sensitivity_table():
+    """The saved DSP sensitivity table the proxy criterion ranks by (None with a message when absent)."""
+    from npdg.service import sensitivity as sens
+
+    path = sens.saved_table_path(model.path, "dsp")
+    if path is None:
+        st.warning(f"{model.id} has no saved sensitivity table: the proxy criterion needs one (compute it on the "
+                   "Sensitivity page with `python -m npdg sensitivity`, or pick another criterion).")
+    return path
+
+
+def _notes() -> None:
+    """Say plainly which model the criterion is meant for, and what masking a non-sparse model does."""
+    if criterion in ("npdg", "slimming") and facts.mode != criterion:
+        st.warning(
+            f"**{criterion}** means |γ| of a model sparse-trained with {'sensitivity-weighted' if criterion == 'npdg' else 'plain'} "
+            f"L1 — this model was trained with mode `{facts.mode}`, so this ranks its γ as they are. For the "
+            f"real criterion pick the zoo's `{'npdg' if criterion == 'npdg' else 'slimming'}-sparse` model.")
+    if not facts.sparse_trained:
+        st.info("This model was **not sparse-trained**: its γ were never pushed towards zero, so masking even 10 % of "
+                "its channels can wreck it (e.g. source mIoU 47 → 6–25 on the zoo's erm model, whatever the criterion). "
+                "The numbers below are honest; they say what a what-if means only on a sparse-trained model.")
+
+
+def _plan():
+    extra = {}
+    if criterion == "sensitivity":
+        table = _sensitivity_table()
+        if table is None:
+            return None
+        extra = dict(sensitivity=table)
+    return pruning.select_plan(model.path, **settings, **extra)
+
+
+# ----------------------------------------------------------------------------------------- what-if
+tab_now, tab_curves, tab_layers, tab_export = st.tabs(["What-if", "mIoU vs rate", "Per layer", "Export"])
+
+
+def _what_if(plan) -> None:
+    cost = pruning.plan_cost(model.path, plan, (512, 1024))
+    small = pruning.plan_cost(model.path, plan, pruning.DEFAULT_SIZE)
+    pruned, cand = plan.num_pruned, plan.candidates
+    m = st.columns(4)
+    m[0].metric("pruned filters", f"{pruned['filter']} / {cand.get('filter', 0)}",
+                help="Channels of coupling groups (each removes the channel from every coupled layer).")
+    m[1].metric("pruned heads", f"{pruned['head']} / {cand.get('head', 0)}")
+    m[2].metric("GFLOPs @ 512×1024", f"{cost.gflops:.2f}", f"{100 * (cost.gflops / cost.dense_gflops - 1):+.1f} %",
+                delta_color="inverse", help=f"From the plan itself (torch.utils.flop_counter on a pruned copy of the "
+                                            f"structure); {small.gflops:.3f} GFLOPs at 128×256.")
+    m[3].metric("parameters", f"{cost.params / 1e6:.2f} M", f"{100 * (cost.params / cost.dense_params - 1):+.1f} %",
+                delta_color="inverse")
+    if plan.note:
+        st.caption(f"Note: {plan.note}")
+    with st.spinner("Soft-masked forwards…"):
+        scores = pruning.masked_miou(model.path, plan, n_images=int(n_scenes))
+    src = scores[scores["role"] == "source"]
+    held = scores[scores["averaged"]]
+    k = st.columns(3)
+    k[0].metric("source mIoU", f"{100 * src['pruned_miou'].mean():.1f}", f"{100 * src['delta'].mean():+.1f}")
+    k[1].metric("held-out mean mIoU", f"{100 * held['pruned_miou'].mean():.1f}", f"{100 * held['delta'].mean():+.1f}",
+                help="Mean over the held-out style domains (not the source, not suburb: content shift).")
+    k[2].metric("scenes", f"{int(n_scenes)} per domain", help="The first val scenes of each domain.")
+    fig = go.Figure()
+    fig.add_bar(x=scores["domain"], y=100 * scores["dense_miou"], name="dense", marker_color="#9aa5b1")
+    fig.add_bar(x=scores["domain"], y=100 * scores["pruned_miou"], name=f"pruned (r = {rate:.2f})",
+                marker_color="#d62728")
+    fig.update_layout(barmode="group", height=320, margin=dict(l=0, r=0, t=30, b=0), yaxis_title="mIoU (%)",
+                      title=f"mIoU per domain, dense vs soft-pruned — {int(n_scenes)} val scenes per domain")
+    st.plotly_chart(fig, width="stretch", key="prune_bars")
+    table = pruning.plan_table(plan)
+    table = table.assign(short=table["layer"].map(heatmap.short_layer), block=table["layer"].map(heatmap.block_of))
+    strip = figures.colored_bars(table["short"], table["pruned_share"], cmin=0, cmax=1, colorscale="Reds",
+                                 title="Architecture strip — share of each layer's units the plan prunes",
+                                 x_title="layer (model order)", y_title="pruned share",
+                                 hover={"block": table["block"], "pruned": table["pruned"], "kept": table["kept"]})
+    st.plotly_chart(strip, width="stretch", key="prune_strip")
+    kept = go.Figure()
+    kept.add_bar(x=table["short"], y=table["kept"], name="kept", marker_color="#2ca02c")
+    kept.add_bar(x=table["short"], y=table["pruned"], name="pruned", marker_color="#d62728")
+    kept.update_layout(barmode="stack", height=300, margin=dict(l=0, r=0, t=30, b=0), xaxis_tickangle=-50,
+                       xaxis_tickfont_size=10, yaxis_title="units", title="Kept and pruned units per layer")
+    st.plotly_chart(kept, width="stretch", key="prune_kept")
+
+
+with tab_now:
+    _notes()
+    try:
+        plan = _plan()
+        if plan is not None:
+            _what_if(plan)
+    except Exception as exc:  # a bad setting, a table for another model: a message, never a traceback
+        components.error_box(exc)
+        plan = None
+
+
+# ------------------------------------------------------------------------------------------ curves
+def _curve_figure(frames: dict[str, object], current: tuple[float, float, float] | None) -> tuple[go.Figure, go.Figure]:
+    """mIoU vs rate (source solid, held-out dashed) and mIoU vs GFLOPs (Pareto) for every finished pair."""
+    by_rate, pareto = go.Figure(), go.Figure()
+    for i, (label, f) in enumerate(frames.items()):
+        colour = PAIR_COLOURS[i % len(PAIR_COLOURS)]
+        src = f[f["role"] == "source"].groupby("rate", as_index=False).agg(miou=("miou", "mean"), gflops=("gflops", "first"))
+        held = f[f["averaged"]].groupby("rate", as_index=False).agg(miou=("miou", "mean"), gflops=("gflops", "first"))
+        by_rate.add_scatter(x=src["rate"], y=100 * src["miou"], name=f"{label} — source", mode="lines+markers",
+                            line=dict(color=colour))
+        by_rate.add_scatter(x=held["rate"], y=100 * held["miou"], name=f"{label} — held-out", mode="lines+markers",
+                            line=dict(color=colour, dash="dash"))
+        pareto.add_scatter(x=src["gflops"], y=100 * src["miou"], name=f"{label} — source", mode="markers+lines",
+                           marker=dict(color=colour, symbol="circle"), line=dict(color=colour, width=1),
+                           text=[f"r = {r:.1f}" for r in src["rate"]])
+        pareto.add_scatter(x=held["gflops"], y=100 * held["miou"], name=f"{label} — held-out", mode="markers+lines",
+                           marker=dict(color=colour, symbol="diamond-open"), line=dict(color=colour, width=1, dash="dash"),
+                           text=[f"r = {r:.1f}" for r in held["rate"]])
+        dense = f[f["rate"] == 0.0]
+        if len(dense):
+            pareto.add_scatter(x=[dense["gflops"].iloc[0]], y=[100 * dense[dense["averaged"]]["miou"].mean()],
+                               mode="markers", marker=dict(color=colour, size=14, symbol="star"), showlegend=False,
+                               hovertext=f"{label}: dense (held-out)")
+    if current is not None:
+        pareto.add_scatter(x=[current[0]], y=[100 * current[2]], mode="markers", name="this what-if (held-out)",
+                           marker=dict(color="black", size=12, symbol="x"))
+    by_rate.update_layout(height=420, margin=dict(l=0, r=0, t=40, b=0), xaxis_title="rate r", yaxis_title="mIoU (%)",
+                          title="mIoU vs rate — source solid, held-out mean dashed")
+    pareto.update_layout(height=420, margin=dict(l=0, r=0, t=40, b=0), xaxis_title="GFLOPs @ 512×1024",
+                         yaxis_title="mIoU (%)", title="mIoU vs GFLOPs (stars: the dense models)")
+    return by_rate, pareto
+
+
+with tab_curves:
+    st.markdown("Each curve is a **(model, criterion)** pair: npdg and slimming both rank |γ|, so they are drawn on the "
+                "model each sparse training produced; l1norm and random run on the model picked in the sidebar. Every "
+                f"point: soft-masked mIoU on the first {int(n_scenes)} val scenes per domain.")
+    try:
+        pairs = pruning.curve_pairs(model.id, model.path)
+    except Exception as exc:
+        components.error_box(exc)
+        pairs = []
+    st.caption("Pairs: " + "; ".join(f"**{p.label}**" for p in pairs))
+    statuses = {p.label: pruning.curve_job(p.path, p.criterion, n_images=int(n_scenes), lookup_only=True) for p in pairs}
+    missing = [p for p in pairs if statuses[p.label] is None]
+    if missing and st.button(f"Compute {len(missing)} curve(s) ({len(pruning.CURVE_RATES)} rates each, in the background)",
+                             type="primary", key="curves_go",
+                             help="Runs soft-masked evaluations at every rate; kept in the dashboard cache for every session."):
+        for p in missing:
+            try:
+                statuses[p.label] = pruning.curve_job(p.path, p.criterion, n_images=int(n_scenes))
+            except Exception as exc:
+                components.error_box(exc)
+    running = [s for s in statuses.values() if s is not None and s.state == "running"]
+    if running:
+        jobs_ui.follow(running[0], "Curves", retry_key="curves_retry", unit="rates")
+    for s in statuses.values():
+        if s is not None and s.state == "failed":
+            jobs_ui.follow(s, "Curves", retry_key=f"curves_retry_{s.key}")
+    frames = {label: pruning.job_frame(s) for label, s in statuses.items() if s is not None and s.state == "done"}
+    if frames:
+        current = None
+        if plan is not None and criterion not in ("sensitivity",):
+            try:
+                held = pruning.masked_miou(model.path, plan, n_images=int(n_scenes))
+                c = pruning.plan_cost(model.path, plan, (512, 1024))
+                current = (c.gflops, 0.0, float(held[held["averaged"]]["pruned_miou"].mean()))
+            except Exception:
+                current = None
+        by_rate, pareto = _curve_figure(frames, current)
+        left, right = st.columns(2)
+        left.plotly_chart(by_rate, width="stretch", key="prune_curves")
+        right.plotly_chart(pareto, width="stretch", key="prune_pareto")
+    elif not running:
+        st.info("No curves yet for these pairs at this scene count: compute them (about a minute per pair on a 2-core CPU).")
+
+
+# --------------------------------------------------------------------------------------- per layer
+def _layer_figure(frame) -> go.Figure:
+    fig = go.Figure()
+    layers = list(dict.fromkeys(frame["layer"]))
+    for i, layer in enumerate(layers):
+        f = frame[frame["layer"] == layer]
+        colour = figures.categorical(i)
+        name = heatmap.short_layer(layer)
+        fig.add_scatter(x=f["rate"], y=100 * f["source"], mode="lines+markers", name=name, legendgroup=name,
+                        line=dict(color=colour))
+        fig.add_scatter(x=f["rate"], y=100 * f["heldout"], mode="lines+markers", name=name, legendgroup=name,
+                        line=dict(color=colour, dash="dash"), showlegend=False)
+    if len(frame):
+        fig.add_hline(y=100 * frame["dense_source"].iloc[0], line=dict(color="black", width=1), annotation_text="dense source")
+        fig.add_hline(y=100 * frame["dense_heldout"].iloc[0], line=dict(color="black", width=1, dash="dash"),
+                      annotation_text="dense held-out")
+    fig.update_layout(height=480, margin=dict(l=0, r=0, t=40, b=0), xaxis_title="rate of that one group",
+                      yaxis_title="mIoU (%)", title="One coupling group pruned at a time — source solid, held-out dashed")
+    return fig
+
+
+with tab_layers:
+    st.markdown("The view Distiller and NNI users miss: prune **one coupling group** at r ∈ "
+                f"{{{', '.join(f'{r:g}' for r in pruning.LAYER_RATES)}}} with the rest of the model dense, and see "
+                f"source and held-out mIoU ({criterion} ranking on {model.id}, 2 val scenes per domain). Lines fill in "
+                "as each group is done.")
+    if criterion == "sensitivity":
+        st.info("Per-layer curves use the criteria with a built-in score (npdg, slimming, l1norm, random).")
+    else:
+        status = pruning.layer_curves_job(model.path, criterion, units=units, lookup_only=True)
+        if status is None and st.button("Compute per-layer curves (≈ 1–3 min on a 2-core CPU)", type="primary",
+                                        key="layers_go", help="Runs in the background; other widgets keep working."):
+            try:
+                status = pruning.layer_curves_job(model.path, criterion, units=units)
+            except Exception as exc:
+                components.error_box(exc)
+
+        def _draw(partial) -> None:
+            st.plotly_chart(_layer_figure(partial), width="stretch", key="prune_layers_partial")
+
+        if jobs_ui.follow(status, "Per-layer curves", retry_key="layers_retry", unit="steps", draw_partial=_draw):
+            frame = pruning.job_frame(status)
+            st.plotly_chart(_layer_figure(frame), width="stretch", key="prune_layers")
+            worst = frame[frame["rate"] == max(pruning.LAYER_RATES)].nsmallest(5, "heldout")
+            st.caption("Most fragile groups at r = 0.7 (held-out): " + ", ".join(
+                f"`{heatmap.short_layer(r.layer)}` {100 * r.heldout:.1f}" for r in worst.itertuples()))
+            st.download_button("Download per-layer curves (CSV)", data=frame.to_csv(index=False),
+                               file_name=f"layer_curves_{criterion}.csv", mime="text/csv", key="dl_layers_curves")
+
+
+# ------------------------------------------------------------------------------------------ export
+with tab_export:
+    st.markdown("The plan above, **physically** pruned: channels and heads removed from the weights "
+                "(`npdg.recipes.prune`, no sparse training, no fine-tuning), with `cost.json` measured on the result.")
+    if plan is None or criterion == "sensitivity":
+        st.info("Pick a criterion with a built-in score to export (the sensitivity proxy is for exploring).")
+    else:
+        latency = st.checkbox("Measure latency too (a few seconds)", key="export_latency",
+                              help="Times forwards of the pruned model at 512×1024 on this machine.")
+        status = pruning.export_job(model.path, **settings, latency=latency, lookup_only=True)
+        if status is None and st.button("Build the pruned model", type="primary", key="export_go",
+                                        help="Runs in the background; the files land in the dashboard cache."):
+            try:
+                status = pruning.export_job(model.path, **settings, latency=latency)
+            except Exception as exc:
+                components.error_box(exc)
+        if jobs_ui.follow(status, "Export", retry_key="export_retry"):
+            folder = pruning.export_dir(status)
+            import json
+
+            cost = json.loads((folder / "cost.json").read_text())
+            st.success(f"Pruned: GFLOPs {cost['before']['gflops']:.2f} → {cost['after']['gflops']:.2f}, parameters "
+                       f"{cost['before']['params'] / 1e6:.2f} M → {cost['after']['params'] / 1e6:.2f} M.")
+            stem = f"{model.id.split(':', 1)[-1].split('/')[-1]}-{criterion}-r{rate:.2f}"
+            st.download_button("Download model.safetensors + pruning_plan.json + cost.json (zip)",
+                               data=lambda: pruning.export_zip(folder), file_name=f"{stem}.zip",
+                               mime="application/zip", key="export_dl")
+            s1, s2 = st.columns([3, 1], vertical_alignment="bottom")
+            name = s1.text_input("Save as run (runs/NAME)", stem, key="export_name", max_chars=64,
+                                 help="A new run folder that `npdg eval`, `npdg cost` and the model panel accept.")
+            if s2.button("Save as run", key="export_save"):
+                try:
+                    saved = pruning.save_as_run(folder, name)
+                    st.success(f"Saved {saved} — pick `run:{saved}` in the model panel.")
+                except Exception as exc:
+                    components.error_box(exc)
+            st.markdown("Fine-tune it (a separate process with its own threads, never inside the dashboard):")
+            thr = f" --threshold {settings['threshold']:g} --max-rate {rate:g}" if settings["threshold"] else f" --rate {rate:g}"
+            st.code(f"python -m npdg prune --run {model.id} --out runs/{stem}-ft --criterion {criterion}{thr} "
+                    f"--round-to {int(round_to)} --max-layer-ratio {cap:g} --units {units} --finetune-iters 200",
+                    language="bash")
+
+with st.expander("What am I looking at? (teaching notes)"):
+    st.markdown(
+        "- **What-if**: the plan zeroes the pruned units (soft masks); the mIoU is what the physically pruned model "
+        "would score before fine-tuning (the same numbers to 1e-4, tested).\n"
+        "- **Sparse training first**: on a model whose γ were never pushed down, removing units is like removing "
+        "random pieces; NPDG and Network Slimming both train γ sparse first and differ only in the weights of the L1.\n"
+        "- **mIoU vs rate / Pareto**: the first bird (cheaper) is on the x axis; the second (better on held-out "
+        "domains) is whether the dashed curve rises above the dense star.\n"
+        "- **Per layer**: which layers a criterion can thin safely — typically the wide late layers — and which "
+        "break at once (the stem, the decoder's projection)."
+    )
