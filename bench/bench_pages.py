@@ -7,6 +7,9 @@ Each figure is the wall time of one script rerun under Streamlit's AppTest after
 with CE ≤ 1 s; heatmap payload ≤ 1 MB per rerun.
 
     python bench/bench_pages.py [--repeats 7]
+
+Prune page targets (issue #13): rate slider on a cached rate ≤ 0.2 s, on a new rate ≤ 1 s;
+per-layer curves for all groups of R18 ≤ 3 min.
 """
 
 from __future__ import annotations
@@ -112,6 +115,27 @@ def bench_unit(repeats: int) -> None:
                                                 for u in units], 1.0)
 
 
+def bench_prune(repeats: int) -> None:
+    from npdg.service import jobs
+    from npdg.service import pruning as pr
+
+    clear_caches()
+    at = open_page("../pages/prune.py")  # zoo:r18-npdg-sparse, npdg, r = 0.3, 2 scenes per domain
+    new = [0.05 * i for i in range(1, 15) if abs(0.05 * i - 0.3) > 1e-9][: 2 * repeats]
+    record("prune: rate slider, a new rate", [timed(lambda v=v: at.slider(key="rate").set_value(round(v, 2)).run())
+                                             for v in new], 1.0)
+    again = [round(v, 2) for v in new[:repeats]] * 2
+    record("prune: rate slider, a cached rate", [timed(lambda v=v: at.slider(key="rate").set_value(v).run())
+                                                for v in again], 0.2)
+    model = zoo.ZOO_DIR / "r18-npdg-sparse"
+    t0 = time.perf_counter()
+    status = pr.layer_curves_job(model, "npdg")
+    jobs.wait(status.key)
+    n = len(pr.job_frame(status))
+    record(f"prune: per-layer curves, all {n // len(pr.LAYER_RATES)} groups × {len(pr.LAYER_RATES)} rates",
+           [time.perf_counter() - t0], 180.0)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=5)
@@ -125,6 +149,7 @@ def main() -> None:
     bench_sensitivity(args.repeats)
     bench_styles(args.repeats)
     bench_unit(args.repeats)
+    bench_prune(args.repeats)
 
 
 if __name__ == "__main__":

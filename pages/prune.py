@@ -113,15 +113,14 @@ tab_now, tab_curves, tab_layers, tab_export = st.tabs(["What-if", "mIoU vs rate"
 
 def _what_if(plan) -> None:
     cost = pruning.plan_cost(model.path, plan, (512, 1024))
-    small = pruning.plan_cost(model.path, plan, pruning.DEFAULT_SIZE)
     pruned, cand = plan.num_pruned, plan.candidates
     m = st.columns(4)
     m[0].metric("pruned filters", f"{pruned['filter']} / {cand.get('filter', 0)}",
                 help="Channels of coupling groups (each removes the channel from every coupled layer).")
     m[1].metric("pruned heads", f"{pruned['head']} / {cand.get('head', 0)}")
     m[2].metric("GFLOPs @ 512×1024", f"{cost.gflops:.2f}", f"{100 * (cost.gflops / cost.dense_gflops - 1):+.1f} %",
-                delta_color="inverse", help=f"From the plan itself (torch.utils.flop_counter on a pruned copy of the "
-                                            f"structure); {small.gflops:.3f} GFLOPs at 128×256.")
+                delta_color="inverse", help="From the plan itself: torch.utils.flop_counter on a weightless (meta) "
+                                            "copy of the pruned structure, at the paper's test size.")
     m[3].metric("parameters", f"{cost.params / 1e6:.2f} M", f"{100 * (cost.params / cost.dense_params - 1):+.1f} %",
                 delta_color="inverse")
     if plan.note:

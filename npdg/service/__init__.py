@@ -184,9 +184,12 @@ def _model_files_key(path: str | Path) -> tuple:
 def _load_model(key: tuple, path: str, device: str):
     from npdg.pruning.physical import load_model
 
+    import torch
+
     with engine():
-        # parameters keep requires_grad: torch-pruning traces coupling groups through autograd
-        return load_model(path, device=device).eval()
+        # parameters keep requires_grad: torch-pruning traces coupling groups through autograd.
+        # channels-last memory: convolutions run about twice as fast on CPUs (and on GPUs with AMP)
+        return load_model(path, device=device).eval().to(memory_format=torch.channels_last)
 
 
 def shared_model(path: str | Path):

@@ -200,3 +200,42 @@ def test_unit_page_deep_link_and_background_atlas(server, tmp_path):
             page.wait_for_url(f"**unit={target}*", timeout=60_000)
             page.get_by_text(f"unit {target} on val scene 2").wait_for(timeout=60_000)
     assert (ARTIFACTS / "unit_page.png").stat().st_size > 20_000
+
+
+def test_prune_page_rate_slider_and_export_download(server, tmp_path):
+    """The rate slider re-plans and rewrites the URL; the exported zip downloads in the browser and holds
+    the pruned weights, the plan and the cost."""
+
+    import zipfile
+
+    from npdg.recipes import zoo
+
+    if not (zoo.ZOO_DIR / "r18-npdg-sparse" / "model.safetensors").is_file():
+        pytest.skip("zoo r18-npdg-sparse not shipped")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    metric = "[...document.querySelectorAll('[data-testid=\"stMetric\"]')].map(e => e.innerText)" \
+             ".find(t => t.startsWith('pruned filters')) || ''"
+    with _opened(f"{server}/prune?rate=0.3") as page:
+        page.get_by_text("Prune — what if these units were gone?").wait_for(timeout=60_000)
+        page.get_by_text("dense vs soft-pruned").first.wait_for(timeout=120_000)
+        before = page.evaluate(metric)
+        slider = page.get_by_role("slider").first
+        slider.focus()
+        page.keyboard.press("ArrowRight")
+        page.wait_for_url("**rate=0.35*", timeout=60_000)
+        page.wait_for_function(f"(b) => {{ const t = {metric}; return t && t !== b; }}", arg=before, timeout=120_000)
+        page.wait_for_selector(IDLE, timeout=120_000)
+        page.set_viewport_size({"width": 1400, "height": 2000})
+        page.wait_for_timeout(1500)
+        page.screenshot(path=str(ARTIFACTS / "prune_page.png"), full_page=True)
+        assert not page.locator("[data-testid='stException']").count()
+        page.get_by_role("tab", name="Export").click()
+        page.get_by_role("button", name="Build the pruned model").click()
+        button = page.get_by_role("button", name="Download model.safetensors + pruning_plan.json + cost.json (zip)")
+        button.wait_for(timeout=300_000)
+        with page.expect_download(timeout=120_000) as info:
+            button.click()
+        path = tmp_path / "pruned.zip"
+        info.value.save_as(path)
+        assert zipfile.ZipFile(path).namelist() == ["model.safetensors", "pruning_plan.json", "cost.json"]
+        assert not page.locator("[data-testid='stException']").count()
