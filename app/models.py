@@ -27,8 +27,9 @@ class ModelChoice:
     summary: str
 
 
-def _options() -> dict[str, tuple[str, str]]:
-    """id → (label, summary) of every loadable model: shipped zoo entries first, then local runs."""
+def model_options() -> dict[str, tuple[str, str]]:
+    """id → (label, summary) of every loadable model: shipped zoo entries first, then local runs
+    (problems reading the zoo are shown in the sidebar)."""
     out: dict[str, tuple[str, str]] = {}
     listing = zoo.zoo_models()
     for r in listing.table.itertuples():
@@ -43,7 +44,8 @@ def _options() -> dict[str, tuple[str, str]]:
     return out
 
 
-def _path(model_id: str) -> Path:
+def model_path(model_id: str) -> Path:
+    """The folder of a model id (``zoo:NAME`` or ``run:PATH``)."""
     kind, _, rest = model_id.partition(":")
     return zoo.zoo_model_path(rest) if kind == "zoo" else Path(rest)
 
@@ -51,7 +53,7 @@ def _path(model_id: str) -> Path:
 def model_panel(default: str | None = None) -> ModelChoice | None:
     """Render the panel; return the chosen model (None, with a message, when there is none).
     ``default``: this page's starting model when the URL names none (else :data:`DEFAULT_MODEL`)."""
-    options = _options()
+    options = model_options()
     if not options:
         st.sidebar.info("No model yet: build the zoo (`make zoo`) or train one (`python -m npdg train ...`).")
         return None
@@ -65,4 +67,4 @@ def model_panel(default: str | None = None) -> ModelChoice | None:
     )
     label, summary = options[choice]
     st.sidebar.caption(summary)
-    return ModelChoice(choice, _path(choice), label, summary)
+    return ModelChoice(choice, model_path(choice), label, summary)

@@ -18,6 +18,7 @@ SECTIONS: dict[str, list[tuple[str, str, str, str]]] = {
     ],
     "Prune": [
         ("../pages/prune.py", "Prune", "✂️", "prune"),
+        ("../pages/compare.py", "Compare", "⚖️", "compare"),
     ],
     "Inspect": [
         ("../pages/unit.py", "Unit", "🔬", "unit"),

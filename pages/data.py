@@ -57,9 +57,9 @@ view = c4.radio("Show", VIEWS, index=0, horizontal=True, key="view", bind="query
 
 domains = st.multiselect(
     "Domains", domain_names, default=default_domains, key="domains", bind="query-params",
-    format_func=lambda d: f"{d} ({DOMAIN_ROLES[d].replace('_', ' ')})",
     help="source = the training domain; heldout = never seen in training; content shift = different "
-    "layout statistics with the source look (the case NPDG does not target).",
+    "layout statistics with the source look (the case NPDG does not target). Roles: "
+    + ", ".join(f"{d} = {DOMAIN_ROLES[d].replace('_', ' ')}" for d in domain_names) + ".",
 )
 if not domains:
     st.info("Pick at least one domain to render.")

@@ -25,6 +25,7 @@ CRITERION_HELP = {
     "sensitivity": "proxy: rank by the saved style-sensitivity table, most sensitive first — not NPDG",
 }
 UNITS = {"all": "filters and heads", "filters": "filters only", "heads": "heads only"}
+PLAN_STATE = "_prune_plan"  # read by the Compare page
 PAIR_COLOURS = ("#d62728", "#1f77b4", "#2ca02c", "#7f7f7f", "#9467bd", "#8c564b")
 
 st.title("Prune — what if these units were gone?")
@@ -56,8 +57,9 @@ n_scenes = c3.select_slider("Scenes per domain", [2, 4, 8], 2, key="n", bind="qu
                                  "and steadier; every figure says how many.")
 units_choices = [u for u in UNITS if u == "all" or (u == "filters" and "filter" in facts.kinds)
                  or (u == "heads" and "head" in facts.kinds)]
-units = c4.radio("Units", units_choices, key="units", bind="query-params", format_func=UNITS.get,
-                 help="Which kinds of unit may be pruned (SegFormer: its attention heads and its decoder's filters).")
+units = c4.radio("Units", units_choices, key="units", bind="query-params", horizontal=True,
+                 help="Which kinds of unit may be pruned: " + ", ".join(f"{k} = {v}" for k, v in UNITS.items())
+                      + " (SegFormer: its attention heads and its decoder's filters).")
 
 with st.expander("Threshold mode, per-layer cap, rounding", expanded=False):
     e1, e2, e3, e4 = st.columns(4)
@@ -104,7 +106,9 @@ def _plan():
         if table is None:
             return None
         extra = dict(sensitivity=table)
-    return pruning.select_plan(model.path, **settings, **extra)
+    plan = pruning.select_plan(model.path, **settings, **extra)
+    st.session_state[PLAN_STATE] = (model.id, {**settings, **extra})  # the Compare page offers it as model B
+    return plan
 
 
 # ----------------------------------------------------------------------------------------- what-if

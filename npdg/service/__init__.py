@@ -182,9 +182,9 @@ def _model_files_key(path: str | Path) -> tuple:
 
 @lru_cache(maxsize=4)
 def _load_model(key: tuple, path: str, device: str):
-    from npdg.pruning.physical import load_model
-
     import torch
+
+    from npdg.pruning.physical import load_model
 
     with engine():
         # parameters keep requires_grad: torch-pruning traces coupling groups through autograd.

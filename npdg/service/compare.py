@@ -4,7 +4,11 @@
   ``npdg.evaluate.evaluate``): per-domain and per-class scores, the held-out mean;
 * :func:`compare_models` — several models stacked into one tidy frame;
 * :func:`scene_predictions` — one scene in each domain with the model's prediction and its error
-  map (TP / FP / FN, :func:`npdg.explain.error_map`).
+  map (TP / FP / FN, :func:`npdg.explain.error_map`);
+* :class:`ModelRef` — what the Compare page compares: a model file, optionally with a pruning plan
+  applied as soft masks (the Prune page's plan), and for it :func:`ref_scene_predictions` (one
+  scene in every domain, all domains in one batch), :func:`ref_predict_images` (your own images,
+  no label) and :func:`ref_scores` (mIoU and per-class IoU per domain on the first N val scenes).
 
 Scores are cached by model file version and every setting; frames are new copies on each call.
 """
@@ -19,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from npdg.explain import ErrorMap, error_map
+from npdg.errors import ConfigError
+from npdg.explain import ErrorMap, error_map, error_overlay
 from npdg.service import engine, engine_device, lru, model_key, readonly, shared_model
 from npdg.service.data import DOMAIN_NAMES, DOMAIN_ROLES, scene_batch
 
@@ -147,5 +152,93 @@ def scene_predictions(
     return _SCENES.get(key, compute)
 
 
-__all__ = ["DEFAULT_SIZE", "DOMAIN_COLUMNS", "ModelScores", "ScenePrediction", "compare_models", "evaluate_model",
-           "scene_predictions"]
+# ==================================================================================================
+# model references: a model, or a model with a plan soft-masked (the Prune page's)
+# ==================================================================================================
+@dataclass(frozen=True)
+class ModelRef:
+    """A model to compare: ``path`` (file or folder) and an optional soft-masked ``plan``."""
+
+    path: Path
+    plan: object = None  # npdg.pruning.selection.PruningPlan | None
+    label: str = ""
+
+    def key(self) -> tuple:
+        from npdg.pruning.cost import plan_hash
+
+        return (model_key(self.path), plan_hash(self.plan))
+
+
+_REF_PRED = lru(64)
+_REF_SCORES = lru(32)
+
+
+def ref_predict_images(ref: ModelRef, images: np.ndarray) -> np.ndarray:
+    """Predicted train ids (uint8 ``[N, H, W]``, read-only) of ``ref`` on uint8 images ``[N, H, W, 3]``."""
+    from npdg.service import array_key
+    from npdg.service.pruning import soft_logits
+
+    arr = np.asarray(images)
+    if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
+        raise ConfigError(f"images must be uint8 [N, H, W, 3], got {arr.dtype} {list(arr.shape)}")
+
+    def compute() -> np.ndarray:
+        import torch
+
+        x = torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2).float().div(255.0)
+        with engine():
+            model = shared_model(ref.path)
+            x = x.to(engine_device()).contiguous(memory_format=torch.channels_last)
+            pred = soft_logits(model, ref.plan, x).argmax(1).to("cpu").numpy().astype(np.uint8)
+        return readonly(pred)
+
+    return _REF_PRED.get(("images", ref.key(), array_key(arr)), compute)
+
+
+def ref_scene_predictions(ref: ModelRef, *, split: str = "val", index: int = 0, domains: Sequence[str] | None = None,
+                          size: tuple[int, int] = DEFAULT_SIZE, class_id: int | None = None) -> tuple[ScenePrediction, ...]:
+    """Scene ``(split, index)`` in each of ``domains`` predicted by ``ref`` (one batch for all
+    domains), with the TP / FP / FN map for ``class_id`` (or right vs wrong)."""
+    from npdg.service.data import scene_views
+
+    doms = tuple(DOMAIN_NAMES if domains is None else domains)
+    views = scene_views(split, int(index), doms, tuple(size))
+    images = np.stack([v.image for v in views])
+    preds = ref_predict_images(ref, images)
+    out = []
+    for v, pred in zip(views, preds):
+        err = error_map(pred, v.label, class_id)
+        out.append(ScenePrediction(v.domain, v.role, split, int(index), v.image, v.label, pred, err))
+    return tuple(out)
+
+
+def ref_scores(ref: ModelRef, *, domains: Sequence[str] | None = None, split: str = "val", n_images: int = 4,
+               size: tuple[int, int] = DEFAULT_SIZE) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(per domain ``domain, role, averaged, miou``; per domain and class ``domain, class, train_id,
+    iou``) of ``ref`` on the first ``n_images`` scenes of ``split`` — one confusion matrix per
+    domain, the Prune page's batched scene set. New frames on each call."""
+    from npdg.data.specs import is_averaged
+    from npdg.evaluate import class_names, domain_result
+    from npdg.service.pruning import confusions
+
+    doms = tuple(DOMAIN_NAMES if domains is None else domains)
+
+    def compute():
+        with engine():
+            cms = confusions(shared_model(ref.path), ref.plan, doms, split, int(n_images), tuple(size), None)
+        source = next((d for d in doms if DOMAIN_ROLES.get(d) == "source"), None)
+        rows, cls = [], []
+        for d, cm in cms.items():
+            r = domain_result(d, cm, int(n_images))
+            rows.append({"domain": d, "role": DOMAIN_ROLES.get(d, "real"), "averaged": is_averaged(d, source),
+                         "miou": r.miou})
+            for i, name in enumerate(class_names(cm.num_classes)):
+                cls.append({"domain": d, "class": name, "train_id": i, "iou": r.per_class_iou[name]})
+        return pd.DataFrame(rows), pd.DataFrame(cls)
+
+    table, per_class = _REF_SCORES.get(("scores", ref.key(), doms, split, int(n_images), tuple(size)), compute)
+    return table.copy(), per_class.copy()
+
+
+__all__ = ["DEFAULT_SIZE", "DOMAIN_COLUMNS", "ErrorMap", "ModelRef", "error_map", "error_overlay", "ModelScores", "ScenePrediction", "compare_models",
+           "evaluate_model", "ref_predict_images", "ref_scene_predictions", "ref_scores", "scene_predictions"]

@@ -157,7 +157,7 @@ class MaskedPrediction:
         return float((self.dense != self.pruned).mean())
 
 
-def _logits(model, plan: PruningPlan | None, images):
+def soft_logits(model, plan: PruningPlan | None, images):
     import torch
 
     from npdg.pruning.soft import soft_forward
@@ -186,8 +186,8 @@ def masked_predictions(
             with engine():
                 model = shared_model(model_path)
                 x = images.to(engine_device())
-                dense = _logits(model, None, x).argmax(1)[0].to("cpu").numpy().astype(np.uint8)
-                pruned = _logits(model, plan, x).argmax(1)[0].to("cpu").numpy().astype(np.uint8)
+                dense = soft_logits(model, None, x).argmax(1)[0].to("cpu").numpy().astype(np.uint8)
+                pruned = soft_logits(model, plan, x).argmax(1)[0].to("cpu").numpy().astype(np.uint8)
             image = (images[0].permute(1, 2, 0).numpy() * 255.0 + 0.5).astype(np.uint8)
             label = labels[0].numpy().astype(np.uint8)
             n = int(getattr(model, "num_classes", 19))
@@ -204,8 +204,9 @@ _SCENE_SETS = lru(8)
 WHAT_IF_BATCH = 16
 
 
-def _scene_set(doms: tuple[str, ...], split: str, n_images: int, size: tuple[int, int]):
-    """The first ``n_images`` scenes of ``split`` in each domain, stacked once: (images, labels, names)."""
+def scene_set(doms: tuple[str, ...], split: str, n_images: int, size: tuple[int, int]):
+    """The first ``n_images`` scenes of ``split`` in each domain, stacked once: (images, labels, names)
+    (the what-if scene set, shared with the Compare page)."""
     def compute():
         import torch
 
@@ -217,14 +218,14 @@ def _scene_set(doms: tuple[str, ...], split: str, n_images: int, size: tuple[int
     return _SCENE_SETS.get((doms, split, int(n_images), tuple(size)), compute)
 
 
-def _confusions(model, plan, doms, split, n_images, size, progress, part: int = 0, parts: int = 1) -> dict[str, object]:
+def confusions(model, plan, doms, split, n_images, size, progress, part: int = 0, parts: int = 1) -> dict[str, object]:
     """Per-domain confusion matrices of the (soft-masked) model on the scene set, batched;
     ``progress(images done, images in all parts)`` for pass ``part`` of ``parts``."""
     import torch
 
     from npdg.evaluate import ConfusionMatrix, model_num_classes
 
-    images, labels, names = _scene_set(doms, split, n_images, size)
+    images, labels, names = scene_set(doms, split, n_images, size)
     device = engine_device()
     num_classes = model_num_classes(model)
     cms = {d: ConfusionMatrix(num_classes, device=device) for d in doms}
@@ -232,7 +233,7 @@ def _confusions(model, plan, doms, split, n_images, size, progress, part: int = 
     for start in range(0, n, WHAT_IF_BATCH):
         x = images[start:start + WHAT_IF_BATCH].to(device).contiguous(memory_format=torch.channels_last)
         y = labels[start:start + WHAT_IF_BATCH].to(device)
-        pred = _logits(model, plan, x).argmax(1)
+        pred = soft_logits(model, plan, x).argmax(1)
         for j, d in enumerate(names[start:start + WHAT_IF_BATCH]):
             cms[d].update(pred[j], y[j])
         if progress is not None:
@@ -271,7 +272,7 @@ def masked_miou(
 
         with engine():
             model = shared_model(model_path)
-            cms = _confusions(model, which, doms, split, int(n_images), tuple(size), progress, part, parts)
+            cms = confusions(model, which, doms, split, int(n_images), tuple(size), progress, part, parts)
         return {d: domain_result(d, cm, int(n_images)).miou for d, cm in cms.items()}
 
     def compute() -> pd.DataFrame:
@@ -550,6 +551,6 @@ def save_as_run(folder: str | Path, name: str, root: str | Path = "runs") -> Pat
 
 
 __all__ = ["CURVE_COLUMNS", "CURVE_RATES", "DEFAULT_SIZE", "DROP_CHOICES", "EXPORT_FILES", "LAYER_COLUMNS",
-           "LAYER_RATES", "CurvePair", "MaskedPrediction", "ModelFacts", "criteria", "curve_pairs", "model_facts", "curve_job", "export_dir", "export_job", "export_zip",
+           "LAYER_RATES", "CurvePair", "MaskedPrediction", "ModelFacts", "confusions", "criteria", "curve_pairs", "model_facts", "scene_set", "soft_logits", "curve_job", "export_dir", "export_job", "export_zip",
            "job_frame", "layer_curves_job", "masked_miou", "masked_predictions", "plan_cost", "plan_table",
            "prunable_groups", "save_as_run", "select_plan"]

@@ -239,3 +239,39 @@ def test_prune_page_rate_slider_and_export_download(server, tmp_path):
         info.value.save_as(path)
         assert zipfile.ZipFile(path).namelist() == ["model.safetensors", "pruning_plan.json", "cost.json"]
         assert not page.locator("[data-testid='stException']").count()
+
+
+def test_compare_split_slider_works_offline(server):
+    """The before/after component (st.components.v2, inline JS) moves its split with the slider, keeps
+    the position across reruns, and loads nothing from outside localhost."""
+
+    from npdg.recipes import zoo
+
+    if not all((zoo.ZOO_DIR / n / "model.safetensors").is_file() for n in ("r18-erm", "r18-npdg")):
+        pytest.skip("zoo r18-erm / r18-npdg not shipped")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    outside: list[str] = []
+    with _opened(f"{server}/compare?doms=source&doms=night&doms=fog") as page:
+        page.on("request", lambda r: outside.append(r.url) if not r.url.startswith(("http://127.0.0.1", "data:", "blob:"))
+                else None)
+        page.get_by_text("Compare — two models, one scene, every domain").wait_for(timeout=60_000)
+        page.get_by_text("Val scene 0 in 3 domains").wait_for(timeout=120_000)  # repeated ?doms= bind the multiselect
+        rng = page.locator(".ba-range").first
+        rng.wait_for(timeout=120_000)
+        clip = page.locator(".ba-a").first
+        assert "50%" in clip.evaluate("e => e.style.clipPath")
+        rng.evaluate("e => { e.value = 20; e.dispatchEvent(new Event('input', {bubbles: true}));"
+                     " e.dispatchEvent(new Event('change', {bubbles: true})); }")
+        assert "80%" in clip.evaluate("e => e.style.clipPath")  # A shows on the left 20 %
+        page.wait_for_timeout(1500)
+        page.wait_for_selector(IDLE, timeout=120_000)
+        page.get_by_role("slider").first.focus()  # rerun the page: the split stays where it was left
+        page.keyboard.press("ArrowRight")
+        page.wait_for_timeout(1500)
+        page.wait_for_selector(IDLE, timeout=120_000)
+        assert page.locator(".ba-range").first.input_value() == "20"
+        page.set_viewport_size({"width": 1400, "height": 1900})
+        page.wait_for_timeout(1000)
+        page.screenshot(path=str(ARTIFACTS / "compare_page.png"), full_page=True)
+        assert not page.locator("[data-testid='stException']").count()
+    assert not outside, outside

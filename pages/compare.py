@@ -1,0 +1,242 @@
+"""Compare page: two models side by side on one scene in many domains — where does each one err?
+
+Widgets → :mod:`npdg.service.compare` (a :class:`ModelRef` is a model, or a model with the Prune
+page's plan soft-masked). Per domain: image | ground truth | A | B | errors A | errors B; a
+before/after split view, synchronized zoom, per-class IoU A vs B with Δ and the mIoU over domains.
+Scene, domains, models, class, opacity and view are bound to the URL.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import plotly.graph_objects as go
+import streamlit as st
+from plotly.subplots import make_subplots
+
+from app import components, state
+from app.before_after import before_after
+from app.models import model_options, model_path
+from npdg.service import compare, data, pruning, uploads
+from npdg.service.data import CLASS_NAMES, DOMAIN_NAMES, DOMAIN_ROLES, SPLIT_LENGTHS
+
+PLAN_STATE = "_prune_plan"  # the Prune page leaves (model id, settings) here
+ALL = "all classes (right / wrong)"
+
+st.title("Compare — two models, one scene, every domain")
+st.markdown(
+    "Pick two models — any zoo model, a local run, or the plan you set up on the **Prune** page (soft-masked) — "
+    "and see where each one is right and wrong on the same street in every look. Errors are coloured "
+    "**green = correct / true positive**, **red = wrong / false positive**, **blue = false negative** for a "
+    "chosen class."
+)
+
+options = model_options()
+plan_from_prune = st.session_state.get(PLAN_STATE)
+if plan_from_prune is not None:
+    pid = "plan:{}|{}|{:.2f}".format(plan_from_prune[0], plan_from_prune[1]["criterion"], plan_from_prune[1]["rate"])
+    options[pid] = (f"{plan_from_prune[0]} pruned ({plan_from_prune[1]['criterion']}, r = {plan_from_prune[1]['rate']:.2f})",
+                    "the Prune page's plan, soft-masked")
+if len(options) < 1:
+    st.info("No model yet: build the zoo (`make zoo`) or train one.")
+    st.stop()
+ids = list(options)
+
+
+def _default(*wanted: str) -> int:
+    for w in wanted:
+        if w in ids:
+            return ids.index(w)
+    return 0
+
+
+c1, c2 = st.columns(2)
+a_id = c1.selectbox("Model A", ids, index=_default("zoo:r18-erm"), key="a", bind="query-params",
+                    help="Shown left of the split and in the 'A' columns.")
+b_id = c2.selectbox("Model B", ids, index=_default("zoo:r18-npdg", "zoo:r18-dsp"), key="b", bind="query-params",
+                    help="Shown right of the split and in the 'B' columns. `plan:` = the Prune page's plan, soft-masked.")
+
+
+def _ref(model_id: str) -> compare.ModelRef:
+    if model_id.startswith("plan:"):
+        base, settings = plan_from_prune
+        plan = pruning.select_plan(model_path(base), **settings)
+        return compare.ModelRef(model_path(base), plan, options[model_id][0])
+    return compare.ModelRef(model_path(model_id), None, model_id)
+
+
+INPUTS = ("Synthetic scene", "Your image")
+d1, d2, d3 = st.columns([2, 2, 5])
+source = d1.radio("Input", INPUTS, key="input", bind="query-params", horizontal=True,
+                  help="A synthetic val scene in several domains (with labels), or an image you upload (no label: "
+                       "predictions only, no metrics).")
+upload = None
+if source == INPUTS[0]:
+    state.clamp_state("scene", 0, SPLIT_LENGTHS["val"] - 1)
+    scene = d2.number_input("Scene (val)", 0, SPLIT_LENGTHS["val"] - 1, 0, 1, key="scene", bind="query-params",
+                            help="The same index is the same street in every domain.")
+    domains = d3.multiselect("Domains", list(DOMAIN_NAMES), default=list(DOMAIN_NAMES), key="doms", bind="query-params",
+                             help="Rows of the grid: " + ", ".join(f"{d} ({DOMAIN_ROLES[d]})" for d in DOMAIN_NAMES)
+                                  + ". Plain names, so a link reads ?doms=source&doms=fog.")
+else:
+    scene, domains = 0, []
+    file = d2.file_uploader("Image (PNG/JPEG)", type=list(uploads.IMAGE_TYPES), key="compare_upload",
+                            max_upload_size=uploads.MAX_UPLOAD_MB, help="Any size or mode; run with the long side ≤ 256 px.")
+    if file is None:
+        st.info("Upload an image — or switch back to a synthetic scene.")
+        st.stop()
+    try:
+        decoded = uploads.read_image(file.getvalue(), file.name)
+    except Exception as exc:
+        components.error_box(exc)
+        st.stop()
+    upload = uploads.fit(decoded.image, uploads.working_size(*decoded.image.shape[:2]))
+    st.caption(f"**{decoded.name}**: " + "; ".join([*decoded.notes, f"run at {upload.shape[1]}×{upload.shape[0]}"])
+               + ". No label: predictions only, no errors or metrics.")
+
+def _class_from_click() -> None:
+    """A *new* click on a bar of the per-class chart picks its class (before the selectbox exists)."""
+    event = st.session_state.get("cmp_classes") or {}
+    points = (event.get("selection") or {}).get("points") or []
+    clicked = points[0].get("x") if points and isinstance(points[0], dict) else None
+    if clicked == st.session_state.get("_cmp_last_click"):
+        return
+    st.session_state["_cmp_last_click"] = clicked
+    if clicked in CLASS_NAMES:
+        st.session_state["cls"] = clicked
+
+
+_class_from_click()
+e1, e2, e3 = st.columns([3, 2, 2])
+cls_label = e1.selectbox("Errors of", [ALL, *CLASS_NAMES], key="cls", bind="query-params",
+                         help="All classes: right (green) vs wrong (red). One class: its TP green, FP red, FN blue. "
+                              "A click on a bar of the per-class chart picks it too.")
+opacity = e2.slider("Opacity", 0.0, 1.0, 0.6, 0.05, key="op", bind="query-params",
+                    help="How strongly predictions and errors are blended over the image.")
+view = e3.radio("Split view", ["A vs B", "image vs A"], key="sv", bind="query-params", horizontal=True,
+                help="What the before/after slider compares.")
+class_id = None if cls_label == ALL else CLASS_NAMES.index(cls_label)
+
+try:
+    ref_a, ref_b = _ref(a_id), _ref(b_id)
+except Exception as exc:
+    components.error_box(exc)
+    st.stop()
+
+
+# ------------------------------------------------------------------------------------- your image
+if upload is not None:
+    try:
+        pa, pb = (compare.ref_predict_images(r, upload[None])[0] for r in (ref_a, ref_b))
+    except Exception as exc:
+        components.error_box(exc)
+        st.stop()
+    ov_a, ov_b = data.overlay(upload, pa, opacity), data.overlay(upload, pb, opacity)
+    cols = st.columns(3)
+    cols[0].image(upload, caption="your image", width="stretch")
+    cols[1].image(ov_a, caption=f"A: {ref_a.label}", width="stretch")
+    cols[2].image(ov_b, caption=f"B: {ref_b.label}", width="stretch")
+    before_after(ov_a if view == "A vs B" else upload, ov_b if view == "A vs B" else ov_a,
+                 "A" if view == "A vs B" else "image", "B" if view == "A vs B" else "A", key="ba_upload")
+    st.caption(f"The two predictions differ on {100 * float((pa != pb).mean()):.1f} % of the pixels.")
+    st.stop()
+
+if not domains:
+    st.info("Pick at least one domain.")
+    st.stop()
+
+
+# ------------------------------------------------------------------------------------------- grid
+try:
+    preds_a = compare.ref_scene_predictions(ref_a, index=int(scene), domains=domains, class_id=class_id)
+    preds_b = compare.ref_scene_predictions(ref_b, index=int(scene), domains=domains, class_id=class_id)
+except Exception as exc:  # e.g. a plan for another architecture
+    components.error_box(exc)
+    st.stop()
+
+st.subheader(f"Val scene {int(scene)} in {len(domains)} domain{'s' if len(domains) != 1 else ''}")
+head = st.columns([1.1, 2, 2, 2, 2, 2, 2])
+for col, t in zip(head, ["", "image", "ground truth", "A", "B", "errors A", "errors B"]):
+    col.markdown(f"**{t}**")
+for pa, pb in zip(preds_a, preds_b):
+    row = st.columns([1.1, 2, 2, 2, 2, 2, 2])
+    row[0].markdown(f"**{pa.domain}**  \n{pa.role}  \nA {100 * pa.miou:.1f} · B {100 * pb.miou:.1f}")
+    row[1].image(pa.image, width="stretch")
+    row[2].image(data.overlay(pa.image, pa.label, opacity), width="stretch")
+    row[3].image(data.overlay(pa.image, pa.pred, opacity), width="stretch")
+    row[4].image(data.overlay(pb.image, pb.pred, opacity), width="stretch")
+    row[5].image(compare.error_overlay(pa.image, pa.error, opacity), width="stretch")
+    row[6].image(compare.error_overlay(pb.image, pb.error, opacity), width="stretch")
+st.caption("Per-row numbers: the scene's own mIoU (classes present in label or prediction) — for orientation; the "
+           "table below scores whole domains. A = " + ref_a.label + ", B = " + ref_b.label + ".")
+
+# ------------------------------------------------------------------------------ split view and zoom
+left, right = st.columns([1, 1])
+with left:
+    dom = st.selectbox("Domain of the split view and the zoom", domains, key="zd", bind="query-params",
+                       help="Which row the before/after slider and the synchronized zoom show.")
+    i = list(domains).index(dom)
+    pa, pb = preds_a[i], preds_b[i]
+    ov_a, ov_b = data.overlay(pa.image, pa.pred, opacity), data.overlay(pb.image, pb.pred, opacity)
+    if view == "A vs B":
+        before_after(ov_a, ov_b, "A", "B", key="ba_scene")
+    else:
+        before_after(pa.image, ov_a, "image", "A", key="ba_scene")
+    st.caption("Drag the slider: left of the red line is the first image, right of it the second.")
+with right:
+    zoom = make_subplots(rows=1, cols=2, shared_xaxes=True, shared_yaxes=True, horizontal_spacing=0.02,
+                         subplot_titles=("errors A", "errors B"))
+    zoom.add_trace(go.Image(z=compare.error_overlay(pa.image, pa.error, opacity)), row=1, col=1)
+    zoom.add_trace(go.Image(z=compare.error_overlay(pb.image, pb.error, opacity)), row=1, col=2)
+    zoom.update_xaxes(matches="x", showticklabels=False)
+    zoom.update_yaxes(matches="y", showticklabels=False)
+    zoom.update_layout(height=260, margin=dict(l=0, r=0, t=30, b=0), dragmode="zoom")
+    st.plotly_chart(zoom, width="stretch", key="cmp_zoom")
+    st.caption("Synchronized zoom: drag a box on either view, both follow; double-click to reset.")
+
+
+# ---------------------------------------------------------------------------------- class IoU, mIoU
+n_eval = st.select_slider("Scenes per domain for the scores", [2, 4, 8], 4, key="ne", bind="query-params",
+                          help="The first N val scenes of each domain; one confusion matrix per domain.")
+try:
+    (ta, ca), (tb, cb) = (compare.ref_scores(r, domains=domains, n_images=int(n_eval)) for r in (ref_a, ref_b))
+except Exception as exc:
+    components.error_box(exc)
+    st.stop()
+table = ta[["domain", "role", "averaged"]].assign(**{"A mIoU": 100 * ta["miou"], "B mIoU": 100 * tb["miou"]})
+table["Δ (B − A)"] = table["B mIoU"] - table["A mIoU"]
+held = table[table["averaged"]]
+s1, s2 = st.columns([2, 3])
+with s1:
+    st.markdown(f"**mIoU over domains** ({int(n_eval)} val scenes each)")
+    st.dataframe(table, hide_index=True, width="stretch", key="cmp_table",
+                 column_config={c: st.column_config.NumberColumn(format="%.1f") for c in ("A mIoU", "B mIoU", "Δ (B − A)")})
+    if len(held):
+        st.caption(f"Held-out mean: A {held['A mIoU'].mean():.1f}, B {held['B mIoU'].mean():.1f} "
+                   f"(Δ {held['Δ (B − A)'].mean():+.1f}) — style domains only, not the source, not suburb.")
+with s2:
+    cdom = st.selectbox("Per-class IoU on", ["held-out mean", *domains], key="cd", bind="query-params",
+                        help="A domain, or the mean over the held-out style domains.")
+    pick = ca.assign(B=cb["iou"].to_numpy())
+    if cdom == "held-out mean":
+        keep = set(table.loc[table["averaged"], "domain"])
+        pick = pick[pick["domain"].isin(keep)].groupby(["class", "train_id"], as_index=False, sort=False)[["iou", "B"]].mean()
+    else:
+        pick = pick[pick["domain"] == cdom]
+    pick = pick.dropna(subset=["iou", "B"], how="all").sort_values("train_id")
+    delta = 100 * (pick["B"] - pick["iou"])
+    fig = go.Figure()
+    fig.add_bar(x=pick["class"], y=100 * pick["iou"], name="A", marker_color="#9aa5b1")
+    fig.add_bar(x=pick["class"], y=100 * pick["B"], name="B", marker_color="#d62728",
+                text=[f"{d:+.0f}" if np.isfinite(d) else "" for d in delta], textposition="outside")
+    fig.update_layout(barmode="group", height=330, margin=dict(l=0, r=0, t=30, b=0), yaxis_title="IoU (%)",
+                      title=f"Per-class IoU, A vs B (labels: Δ) — {cdom}", clickmode="event+select")
+    st.plotly_chart(fig, width="stretch", key="cmp_classes", on_select="rerun", selection_mode="points")
+
+with st.expander("What am I looking at? (teaching notes)"):
+    st.markdown(
+        "- **Same street, other looks**: the labels are identical in every row; only the style changes, so every "
+        "new red pixel in a held-out row is an error caused by the domain shift.\n"
+        "- **A vs B**: typical use — a source-only model (A) against a DSP-trained or NPDG-pruned one (B): does B fix "
+        "the errors the shift causes, and where does pruning cost accuracy?\n"
+        "- **Per-class IoU**: click a bar to colour that class's TP / FP / FN in the grid."
+    )
