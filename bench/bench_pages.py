@@ -9,7 +9,7 @@ with CE ≤ 1 s; heatmap payload ≤ 1 MB per rerun.
     python bench/bench_pages.py [--repeats 7]
 
 Prune page targets (issue #13): rate slider on a cached rate ≤ 0.2 s, on a new rate ≤ 1 s;
-per-layer curves for all groups of R18 ≤ 3 min.
+per-layer curves for all groups of R18 ≤ 3 min; Compare toggles ≤ 0.2 s, a new scene ≤ 1 s.
 """
 
 from __future__ import annotations
@@ -136,6 +136,19 @@ def bench_prune(repeats: int) -> None:
            [time.perf_counter() - t0], 180.0)
 
 
+def bench_compare(repeats: int) -> None:
+    clear_caches()
+    at = open_page("../pages/compare.py")  # zoo:r18-erm vs zoo:r18-npdg, all 8 domains
+    scenes = list(range(1, 2 * repeats + 1))
+    record("compare: a new scene (8 domains × 2 models)", [timed(lambda i=i: at.number_input(key="scene").set_value(i).run())
+                                                          for i in scenes], 1.0)
+    ops = [0.3, 0.7] * repeats
+    record("compare: opacity toggle", [timed(lambda v=v: at.slider(key="op").set_value(v).run()) for v in ops], 0.2)
+    classes = ["car", "road", "all classes (right / wrong)"] * repeats
+    record("compare: error class toggle", [timed(lambda c=c: at.selectbox(key="cls").set_value(c).run())
+                                           for c in classes], 0.2)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=5)
@@ -150,6 +163,7 @@ def main() -> None:
     bench_styles(args.repeats)
     bench_unit(args.repeats)
     bench_prune(args.repeats)
+    bench_compare(args.repeats)
 
 
 if __name__ == "__main__":
