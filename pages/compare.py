@@ -115,6 +115,14 @@ opacity = e2.slider("Opacity", 0.0, 1.0, 0.6, 0.05, key="op", bind="query-params
 view = e3.radio("Split view", ["A vs B", "image vs A"], key="sv", bind="query-params", horizontal=True,
                 help="What the before/after slider compares.")
 class_id = None if cls_label == ALL else CLASS_NAMES.index(cls_label)
+shown_classes = st.multiselect("Classes shown in the overlays", list(CLASS_NAMES), default=list(CLASS_NAMES), key="show",
+                               bind="query-params", help="Ground truth and predictions colour only these classes; "
+                                                         "the others show the image.")
+show_ids = [CLASS_NAMES.index(c) for c in shown_classes]
+
+
+def _overlay(image, labels):
+    return data.overlay(image, labels, opacity, classes=show_ids)
 
 try:
     ref_a, ref_b = _ref(a_id), _ref(b_id)
@@ -130,7 +138,7 @@ if upload is not None:
     except Exception as exc:
         components.error_box(exc)
         st.stop()
-    ov_a, ov_b = data.overlay(upload, pa, opacity), data.overlay(upload, pb, opacity)
+    ov_a, ov_b = _overlay(upload, pa), _overlay(upload, pb)
     cols = st.columns(3)
     cols[0].image(upload, caption="your image", width="stretch")
     cols[1].image(ov_a, caption=f"A: {ref_a.label}", width="stretch")
@@ -161,9 +169,9 @@ for pa, pb in zip(preds_a, preds_b):
     row = st.columns([1.1, 2, 2, 2, 2, 2, 2])
     row[0].markdown(f"**{pa.domain}**  \n{pa.role}  \nA {100 * pa.miou:.1f} · B {100 * pb.miou:.1f}")
     row[1].image(pa.image, width="stretch")
-    row[2].image(data.overlay(pa.image, pa.label, opacity), width="stretch")
-    row[3].image(data.overlay(pa.image, pa.pred, opacity), width="stretch")
-    row[4].image(data.overlay(pb.image, pb.pred, opacity), width="stretch")
+    row[2].image(_overlay(pa.image, pa.label), width="stretch")
+    row[3].image(_overlay(pa.image, pa.pred), width="stretch")
+    row[4].image(_overlay(pb.image, pb.pred), width="stretch")
     row[5].image(compare.error_overlay(pa.image, pa.error, opacity), width="stretch")
     row[6].image(compare.error_overlay(pb.image, pb.error, opacity), width="stretch")
 st.caption("Per-row numbers: the scene's own mIoU (classes present in label or prediction) — for orientation; the "
@@ -176,7 +184,7 @@ with left:
                        help="Which row the before/after slider and the synchronized zoom show.")
     i = list(domains).index(dom)
     pa, pb = preds_a[i], preds_b[i]
-    ov_a, ov_b = data.overlay(pa.image, pa.pred, opacity), data.overlay(pb.image, pb.pred, opacity)
+    ov_a, ov_b = _overlay(pa.image, pa.pred), _overlay(pb.image, pb.pred)
     if view == "A vs B":
         before_after(ov_a, ov_b, "A", "B", key="ba_scene")
     else:

@@ -319,8 +319,12 @@ with tab_export:
             import json
 
             cost = json.loads((folder / "cost.json").read_text())
+            lat = [(b, cost["before"].get("latency_ms", {}).get(b), cost["after"].get("latency_ms", {}).get(b))
+                   for b in cost["after"].get("latency_ms", {})]
+            lat_txt = "".join(f" Latency ({b.replace('batch', 'batch ')}, 512×1024, this machine): {x:.0f} → {y:.0f} ms."
+                              for b, x, y in lat if x is not None and y is not None)
             st.success(f"Pruned: GFLOPs {cost['before']['gflops']:.2f} → {cost['after']['gflops']:.2f}, parameters "
-                       f"{cost['before']['params'] / 1e6:.2f} M → {cost['after']['params'] / 1e6:.2f} M.")
+                       f"{cost['before']['params'] / 1e6:.2f} M → {cost['after']['params'] / 1e6:.2f} M.{lat_txt}")
             stem = f"{model.id.split(':', 1)[-1].split('/')[-1]}-{criterion}-r{rate:.2f}"
             st.download_button("Download model.safetensors + pruning_plan.json + cost.json (zip)",
                                data=lambda: pruning.export_zip(folder), file_name=f"{stem}.zip",

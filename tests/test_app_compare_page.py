@@ -6,11 +6,11 @@ B, your own image without a label, and bad input as messages."""
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from apptest_helpers import charts, open_page
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
@@ -23,22 +23,14 @@ pytestmark = pytest.mark.skipif(not all((zoo.ZOO_DIR / n / "model.safetensors").
 
 
 def _open(page: str = "../pages/compare.py", **query) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=300)
-    for k, v in query.items():
-        at.query_params[k] = v
-    at.run()
-    at.switch_page(page).run()
-    assert not at.exception, at.exception
-    return at
+    return open_page(page, **query)
 
 
 def _images(at: AppTest) -> int:
     return sum(len(el.proto.imgs) for el in at.get("image"))
 
 
-def _charts(at: AppTest) -> list[dict]:
-    return [json.loads(e.proto.spec) for e in at.main if type(e).__name__ == "UnknownElement"
-            and e.type == "plotly_chart" and getattr(e.proto, "spec", "")]
+_charts = charts
 
 
 @pytest.fixture(scope="module")

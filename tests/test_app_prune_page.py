@@ -5,10 +5,10 @@ and bad settings as messages."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
+from apptest_helpers import charts, open_page
 from streamlit.testing.v1 import AppTest
 
 from npdg.recipes import zoo
@@ -21,22 +21,14 @@ pytestmark = pytest.mark.skipif(not (SPARSE / "model.safetensors").is_file(), re
 
 
 def _open(**query) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=300)
-    for k, v in query.items():
-        at.query_params[k] = v
-    at.run()
-    at.switch_page("../pages/prune.py").run()
-    assert not at.exception, at.exception
-    return at
+    return open_page("../pages/prune.py", **query)
 
 
 def _metric(at: AppTest, label: str):
     return next(m for m in at.metric if m.label == label)
 
 
-def _charts(at: AppTest) -> list[dict]:
-    return [json.loads(e.proto.spec) for e in at.main if type(e).__name__ == "UnknownElement"
-            and e.type == "plotly_chart" and getattr(e.proto, "spec", "")]
+_charts = charts
 
 
 def test_what_if_on_the_sparse_model_and_the_rate_slider():

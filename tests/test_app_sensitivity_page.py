@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from apptest_helpers import charts, open_page
 from streamlit.testing.v1 import AppTest
 
 from app import heatmap
@@ -25,22 +26,15 @@ ORACLE = "held-out renderings (oracle)"
 
 
 def _open(model: str | None = None, **query) -> AppTest:
-    """The page, opened with URL parameters ``query`` (bound widgets; a selectbox's value in the URL is its
-    label), then switched to ``model`` in the sidebar panel."""
-    at = AppTest.from_file(APP, default_timeout=180)
-    for k, v in query.items():
-        at.query_params[k] = v
-    at.run()
-    at.switch_page("../pages/sensitivity.py").run()
+    """The page, opened with URL parameters ``query``, then switched to ``model`` in the sidebar panel."""
+    at = open_page("../pages/sensitivity.py", timeout=180, **query)
     if model is not None:
         at.selectbox(key="m").set_value(model).run()
     assert not at.exception, at.exception
     return at
 
 
-def _charts(at: AppTest, kind: str) -> list[dict]:
-    return [json.loads(e.proto.spec) for e in at.main if type(e).__name__ == "UnknownElement" and e.type == kind
-            and getattr(e.proto, "spec", "")]
+_charts = charts
 
 
 def _scatter_title(at: AppTest) -> str:

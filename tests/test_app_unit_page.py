@@ -4,11 +4,11 @@ out-of-range units and broken models as messages."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import pytest
+from apptest_helpers import charts, open_page
 from streamlit.testing.v1 import AppTest
 
 from npdg.recipes import zoo
@@ -21,18 +21,10 @@ pytestmark = pytest.mark.skipif(not (R18 / "model.safetensors").is_file(), reaso
 
 
 def _open(**query) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=180)
-    for k, v in query.items():
-        at.query_params[k] = v
-    at.run()
-    at.switch_page("../pages/unit.py").run()
-    assert not at.exception, at.exception
-    return at
+    return open_page("../pages/unit.py", **query)
 
 
-def _charts(at: AppTest) -> list[dict]:
-    return [json.loads(e.proto.spec) for e in at.main if type(e).__name__ == "UnknownElement"
-            and e.type == "plotly_chart" and getattr(e.proto, "spec", "")]
+_charts = charts
 
 
 def test_deep_link_shows_scores_maps_and_patches():

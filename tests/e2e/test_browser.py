@@ -41,6 +41,16 @@ def _need_browser():
         pytest.fail(f"playwright is not installed: {exc}")
 
 
+def _need_zoo(*names: str, file: str = "model.safetensors") -> None:
+    """Skip unless every named zoo model ships ``file``; make the screenshot folder."""
+    from npdg.recipes import zoo
+
+    missing = [n for n in names if not (zoo.ZOO_DIR / n / file).is_file()]
+    if missing:
+        pytest.skip(f"zoo {', '.join(missing)} not shipped ({file})")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -118,11 +128,7 @@ def test_data_page_in_chromium(server):
 def test_styles_page_binds_its_widgets_to_the_url(server):
     """A copied link reopens the same view: ?k=3 gives 3 styles, moving the slider rewrites the URL."""
 
-    from npdg.recipes import zoo
-
-    if not (zoo.ZOO_DIR / "r18-erm" / "card.json").is_file():
-        pytest.skip("zoo r18-erm not shipped")
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    _need_zoo("r18-erm", file="card.json")
     with _opened(f"{server}/styles?k=3&scene=2") as page:
         page.get_by_text("Styles — what DSP imitates").wait_for(timeout=60_000)
         page.get_by_text("style 2 — CE").first.wait_for(timeout=120_000)
@@ -136,11 +142,7 @@ def test_styles_page_binds_its_widgets_to_the_url(server):
 def test_sensitivity_heatmap_click_selects_a_layer(server):
     """A click on the ECharts heatmap (DASHBOARD.md fact 5) selects that cell's layer for the scatter."""
 
-    from npdg.recipes import zoo
-
-    if not (zoo.ZOO_DIR / "r18-erm" / "sensitivity_dsp.csv").is_file():
-        pytest.skip("zoo r18-erm tables not shipped")
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    _need_zoo("r18-erm", file="sensitivity_dsp.csv")
     selected = "[...document.querySelectorAll('[data-testid=\"stMarkdownContainer\"]')]" \
                ".map(e => e.innerText).find(t => t.startsWith('Selected layer:')) || ''"
     with _opened(f"{server}/sensitivity") as page:
@@ -173,11 +175,7 @@ def test_unit_page_deep_link_and_background_atlas(server, tmp_path):
     """?layer=&unit= opens the drill-down; the top patches come from a background job that the page
     follows in a polling fragment (st.status + progress) and shows without any further input."""
 
-    from npdg.recipes import zoo
-
-    if not (zoo.ZOO_DIR / "r18-erm" / "model.safetensors").is_file():
-        pytest.skip("zoo r18-erm not shipped")
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    _need_zoo("r18-erm", file="model.safetensors")
     with _opened(f"{server}/unit?layer=encoder.layer1.0.bn1&unit=5&scene=2") as page:
         page.get_by_text("Unit — one filter or head across domains").wait_for(timeout=60_000)
         page.get_by_text("unit 5 on val scene 2 in every domain").wait_for(timeout=60_000)
@@ -208,11 +206,7 @@ def test_prune_page_rate_slider_and_export_download(server, tmp_path):
 
     import zipfile
 
-    from npdg.recipes import zoo
-
-    if not (zoo.ZOO_DIR / "r18-npdg-sparse" / "model.safetensors").is_file():
-        pytest.skip("zoo r18-npdg-sparse not shipped")
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    _need_zoo("r18-npdg-sparse", file="model.safetensors")
     metric = "[...document.querySelectorAll('[data-testid=\"stMetric\"]')].map(e => e.innerText)" \
              ".find(t => t.startsWith('pruned filters')) || ''"
     with _opened(f"{server}/prune?rate=0.3") as page:
@@ -245,11 +239,7 @@ def test_compare_split_slider_works_offline(server):
     """The before/after component (st.components.v2, inline JS) moves its split with the slider, keeps
     the position across reruns, and loads nothing from outside localhost."""
 
-    from npdg.recipes import zoo
-
-    if not all((zoo.ZOO_DIR / n / "model.safetensors").is_file() for n in ("r18-erm", "r18-npdg")):
-        pytest.skip("zoo r18-erm / r18-npdg not shipped")
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    _need_zoo("r18-erm", "r18-npdg")
     outside: list[str] = []
     with _opened(f"{server}/compare?doms=source&doms=night&doms=fog") as page:
         page.on("request", lambda r: outside.append(r.url) if not r.url.startswith(("http://127.0.0.1", "data:", "blob:"))
