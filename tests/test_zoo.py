@@ -93,6 +93,29 @@ def test_refresh_sensitivity_rewrites_tables_and_card_hashes(tiny_zoo):
         zoo.refresh_sensitivity(["r18-npdg"], log=lambda m: None)
 
 
+def test_curves_are_shipped_and_open_at_once(tiny_zoo, monkeypatch, capsys):
+    from npdg.service import jobs
+    from npdg.service import pruning as pr
+
+    monkeypatch.setattr(pr, "CURVE_RATES", (0.0, 0.3))
+    monkeypatch.setattr(pr, "DOMAIN_NAMES", ("source", "night"))
+    assert main(["zoo", "curves", "r18-npdg-sparse"]) == 0
+    folder = zoo.ZOO_DIR / "r18-npdg-sparse"
+    card = json.loads((folder / "card.json").read_text())
+    assert {"prune_curves.csv", "prune_curves.json"} <= set(card["files"])
+    assert zoo.verify(["r18-npdg-sparse"], log=lambda m: None) == []
+    jobs.forget()
+    status = pr.curve_job(folder, "l1norm", n_images=2, lookup_only=True)  # shipped: no job, no wait
+    assert status.state == "done" and status.from_disk and "precomputed" in status.label
+    frame = pr.job_frame(status)
+    assert set(frame["rate"]) == {0.0, 0.3} and set(frame["domain"]) == {"source", "night"}
+    other = pr.curve_job(folder, "l1norm", n_images=4, lookup_only=True)  # other settings: not the shipped rows
+    assert other is None
+    capsys.readouterr()
+    assert main(["zoo", "curves", "r18-npdg"]) == 2  # a pruned model: a clear error, exit 2
+    assert "not a shipped sparse-trained" in capsys.readouterr().err
+
+
 def test_unknown_and_missing_models_are_named():
     from npdg.errors import DataError
 

@@ -7,6 +7,7 @@ Examples::
     python -m npdg zoo build r18-erm r18-dsp --device cuda
     python -m npdg zoo verify --eval 20      # files, SHA-256, plan replay, mIoU against the cards
     python -m npdg zoo sensitivity           # recompute the shipped tables (after a table format change)
+    python -m npdg zoo curves                # ship the Prune page's curves of the sparse-trained models
 
 How each model is made is the table in ``npdg/recipes/zoo.py``; ``assets/README.md`` shows the cards.
 """
@@ -43,6 +44,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("names", nargs="*", help="dense models (default: all shipped)")
     add_device_option(r)
     r.set_defaults(func=_sensitivity)
+    c = sub.add_parser("curves", help="precompute the Prune page's mIoU-vs-rate curves of the sparse-trained models")
+    c.add_argument("names", nargs="*", help="sparse-trained zoo models (default: all shipped)")
+    c.set_defaults(func=_curves)
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -72,6 +76,44 @@ def _sensitivity(args: argparse.Namespace) -> int:
 
     done = refresh_sensitivity(args.names or None, device=args.device)
     print(f"recomputed the tables of {len(done)} model(s): {', '.join(done) or 'none'}")
+    return 0
+
+
+def _curves(args: argparse.Namespace) -> int:
+    """Ship each sparse-trained model's curves (its own criterion, l1norm, random) at the Prune
+    page's default settings, computed by the dashboard's own service, so the page opens them at once."""
+    import pandas as pd
+
+    from npdg.errors import DataError
+    from npdg.recipes.zoo import ZOO_DIR, cards, ship_files
+    from npdg.runs import atomic_write, atomic_write_json
+    from npdg.service import jobs, pruning
+
+    shipped = cards()
+    names = args.names or [n for n, c in shipped.items() if c.get("kind") == "sparse"]
+    for name in names:
+        card = shipped.get(name)
+        if card is None or card.get("kind") != "sparse":
+            raise DataError(f"{name!r} is not a shipped sparse-trained zoo model")
+        folder = ZOO_DIR / name
+        out, side = folder / pruning.SHIPPED_CURVES, (folder / pruning.SHIPPED_CURVES).with_suffix(".json")
+        for old in (out, side):  # npdg's own files: recomputed from scratch
+            old.unlink(missing_ok=True)
+        criteria = [card["sparse_mode"], "l1norm", "random"]
+        frames = []
+        for crit in criteria:
+            print(f"zoo curves: {name} — {crit}", flush=True)
+            status = jobs.wait(pruning.curve_job(folder, crit, n_images=2).key)
+            if status.state != "done":
+                raise DataError(f"{name} {crit}: {status.error}")
+            frames.append(pruning.job_frame(status))
+        frame = pd.concat(frames, ignore_index=True)
+        atomic_write(out, lambda fh, f=frame: f.to_csv(fh, index=False), binary=False)
+        atomic_write_json({"settings": pruning.curve_settings(), "criteria": criteria,
+                           "command": f"python -m npdg zoo curves {name}",
+                           "what": "soft-masked mIoU per domain and the plan's cost at each rate (the Prune page)"}, side)
+        ship_files(name, [out, side])
+        print(f"zoo curves: wrote {out} ({len(frame)} rows)")
     return 0
 
 

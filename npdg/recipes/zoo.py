@@ -295,6 +295,26 @@ def refresh_sensitivity(names: list[str] | None = None, zoo: Path | None = None,
     return done
 
 
+def ship_files(name: str, paths: list[Path], zoo: Path | None = None) -> None:
+    """Record files written into a shipped model's folder (e.g. precomputed curves) in its card —
+    SHA-256 and size — and re-render ``assets/README.md``; a file that is gone is dropped."""
+    zoo = ZOO_DIR if zoo is None else zoo
+    card = cards(zoo).get(name)
+    if card is None:
+        raise DataError(f"zoo model {name!r} is not shipped in {zoo}")
+    folder = zoo / name
+    for path in paths:
+        path = Path(path)
+        if path.parent.resolve() != folder.resolve():
+            raise DataError(f"{path} is not in {folder}")
+        if path.is_file():
+            card["files"][path.name] = {"sha256": sha256(path), "bytes": path.stat().st_size}
+        else:
+            card["files"].pop(path.name, None)
+    atomic_write_text(json.dumps(card, indent=2) + "\n", folder / CARD)
+    write_readme(zoo)
+
+
 def portable(text: str) -> str:
     """``text`` with this checkout's absolute path removed: paths in shipped configs and cards are
     relative to the repository root (``assets/dsp_tiny``), so a zoo model works from any clone run
@@ -483,4 +503,4 @@ def verify(names: list[str] | None = None, eval_scenes: int = 0, tolerance: floa
 
 
 __all__ = ["ENTRIES", "ZOO_DIR", "Entry", "build", "cards", "choose_ascent_step", "export", "measure",
-           "precompute_sensitivity", "refresh_sensitivity", "verify", "write_readme", "zoo_path", "zoo_table"]
+           "precompute_sensitivity", "refresh_sensitivity", "ship_files", "verify", "write_readme", "zoo_path", "zoo_table"]

@@ -169,6 +169,20 @@ def submit(parts: Hashable, compute: Callable[[ProgressFn], T], *, label: str, s
         return _status(job)
 
 
+def preset(parts: Hashable, value: Any, *, label: str) -> JobStatus:
+    """Register an already finished result for ``parts`` (e.g. one shipped with a zoo model), so
+    :func:`submit`, :func:`lookup` and :func:`result` hand it out like a computed one."""
+    key = job_key(parts)
+    with _LOCK:
+        job = _JOBS.get(key)
+        if job is None or job.state != "done":
+            job = _Job(key, label, state="done", done=1, total=1, result=value, from_disk=True)
+            job.finished = job.started
+            job.event.set()
+            _JOBS[key] = job
+        return _status(job)
+
+
 def lookup(parts: Hashable, store: Store | None = None, label: str = "") -> JobStatus | None:
     """The job for ``parts`` if one was submitted or its result persisted; never starts one."""
     key = job_key(parts)
@@ -233,4 +247,4 @@ def forget(key: str | None = None) -> None:
 
 
 __all__ = ["CACHE_ENV", "FRAME_STORE", "JobStatus", "STATES", "Store", "cache_dir", "forget", "job_key", "lookup",
-           "partial", "result", "status", "submit", "wait", "wait_all"]
+           "partial", "preset", "result", "status", "submit", "wait", "wait_all"]

@@ -385,6 +385,10 @@ def curve_job(model_path: str | Path, criterion: str, *, rates: Sequence[float] 
     doms = _domains(domains)
     parts = ("curve", model_key(model_path), criterion, rates, int(n_images), doms, units, int(seed), tuple(cost_size))
     label = f"mIoU vs rate, {criterion} ({len(rates)} rates × {len(doms)} domains × {int(n_images)} scenes)"
+    shipped = shipped_curves(model_path, criterion, dict(rates=list(rates), n_images=int(n_images), domains=list(doms),
+                                                         units=units, seed=int(seed), cost_size=list(cost_size)))
+    if shipped is not None:
+        return jobs.preset(parts, shipped, label=label + " — precomputed")
     if lookup_only:
         return jobs.lookup(parts, jobs.FRAME_STORE, label)
     select_plan(model_path, criterion=criterion, rate=rates[0], units=units, seed=seed)  # bad settings fail here
@@ -403,6 +407,39 @@ def curve_job(model_path: str | Path, criterion: str, *, rates: Sequence[float] 
         return pd.concat(frames, ignore_index=True)[CURVE_COLUMNS]
 
     return jobs.submit(parts, compute, label=label, store=jobs.FRAME_STORE)
+
+
+#: Curves shipped next to a zoo model (``npdg zoo curves``): every criterion's rows at the page's defaults.
+SHIPPED_CURVES = "prune_curves.csv"
+
+
+def curve_settings(rates: Sequence[float] | None = None, n_images: int = 2, domains: Sequence[str] | None = None,
+                   units: str = "all", seed: int = 0, cost_size: tuple[int, int] = (512, 1024)) -> dict:
+    """The settings a curve is computed with, as recorded next to shipped curves."""
+    return dict(rates=[float(r) for r in (CURVE_RATES if rates is None else rates)], n_images=int(n_images),
+                domains=list(_domains(domains)), units=units, seed=int(seed), cost_size=list(cost_size))
+
+
+def shipped_curves(model_path: str | Path, criterion: str, settings: dict) -> pd.DataFrame | None:
+    """The rows of ``criterion`` in the model folder's shipped :data:`SHIPPED_CURVES`, if its
+    sidecar says they were computed with exactly ``settings`` (else None: compute them)."""
+    import json
+
+    from npdg.models.store import resolve_model_path
+
+    folder = resolve_model_path(model_path).parent
+    path, side = folder / SHIPPED_CURVES, (folder / SHIPPED_CURVES).with_suffix(".json")
+    if not path.is_file() or not side.is_file():
+        return None
+    try:
+        meta = json.loads(side.read_text())
+        if meta.get("settings") != settings or criterion not in meta.get("criteria", []):
+            return None
+        frame = pd.read_csv(path)
+    except (OSError, ValueError):
+        return None
+    rows = frame[frame["criterion"] == criterion].reset_index(drop=True)
+    return rows[CURVE_COLUMNS] if len(rows) and set(CURVE_COLUMNS) <= set(rows.columns) else None
 
 
 def prunable_groups(model_path: str | Path, units: str = "all") -> pd.DataFrame:
@@ -551,6 +588,6 @@ def save_as_run(folder: str | Path, name: str, root: str | Path = "runs") -> Pat
 
 
 __all__ = ["CURVE_COLUMNS", "CURVE_RATES", "DEFAULT_SIZE", "DROP_CHOICES", "EXPORT_FILES", "LAYER_COLUMNS",
-           "LAYER_RATES", "CurvePair", "MaskedPrediction", "ModelFacts", "confusions", "criteria", "curve_pairs", "model_facts", "scene_set", "soft_logits", "curve_job", "export_dir", "export_job", "export_zip",
+           "LAYER_RATES", "SHIPPED_CURVES", "CurvePair", "curve_settings", "shipped_curves", "MaskedPrediction", "ModelFacts", "confusions", "criteria", "curve_pairs", "model_facts", "scene_set", "soft_logits", "curve_job", "export_dir", "export_job", "export_zip",
            "job_frame", "layer_curves_job", "masked_miou", "masked_predictions", "plan_cost", "plan_table",
            "prunable_groups", "save_as_run", "select_plan"]
