@@ -112,7 +112,8 @@ def _plan():
 
 
 # ----------------------------------------------------------------------------------------- what-if
-tab_now, tab_curves, tab_layers, tab_export = st.tabs(["What-if", "mIoU vs rate", "Per layer", "Export"])
+tab_now, tab_curves, tab_layers, tab_export = st.tabs(["What-if", "mIoU vs rate", "Per layer", "Export"], key="tab",
+                                                      bind="query-params")
 
 
 def _what_if(plan) -> None:

@@ -69,7 +69,8 @@ model_path = model.path if model is not None else None
 #: What every view restyles: the chosen scene, or the upload at its working size.
 INPUT = {"index": int(scene)} if upload is None else {"image": upload, "size": upload.shape[:2]}
 
-tab_sample, tab_ascend, tab_traverse, tab_heldout = st.tabs(["Sample", "Ascend", "Traverse", "DSP vs held-out"])
+tab_sample, tab_ascend, tab_traverse, tab_heldout = st.tabs(["Sample", "Ascend", "Traverse", "DSP vs held-out"],
+                                                            key="tab", bind="query-params")
 
 
 def _caption(ce, i: int) -> str:

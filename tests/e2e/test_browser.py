@@ -224,6 +224,7 @@ def test_prune_page_rate_slider_and_export_download(server, tmp_path):
         page.screenshot(path=str(ARTIFACTS / "prune_page.png"), full_page=True)
         assert not page.locator("[data-testid='stException']").count()
         page.get_by_role("tab", name="Export").click()
+        page.wait_for_url("**tab=Export*", timeout=30_000)  # the open tab is part of the link too
         page.get_by_role("button", name="Build the pruned model").click()
         button = page.get_by_role("button", name="Download model.safetensors + pruning_plan.json + cost.json (zip)")
         button.wait_for(timeout=300_000)
