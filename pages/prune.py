@@ -117,7 +117,8 @@ tab_now, tab_curves, tab_layers, tab_export = st.tabs(["What-if", "mIoU vs rate"
 
 
 def _what_if(plan) -> None:
-    cost = pruning.plan_cost(model.path, plan, (512, 1024))
+    with st.spinner("Soft-masked forwards…"):
+        scores, cost = pruning.what_if(model.path, plan, n_images=int(n_scenes))
     pruned, cand = plan.num_pruned, plan.candidates
     m = st.columns(4)
     m[0].metric("pruned filters", f"{pruned['filter']} / {cand.get('filter', 0)}",
@@ -130,8 +131,6 @@ def _what_if(plan) -> None:
                 delta_color="inverse")
     if plan.note:
         st.caption(f"Note: {plan.note}")
-    with st.spinner("Soft-masked forwards…"):
-        scores = pruning.masked_miou(model.path, plan, n_images=int(n_scenes))
     src = scores[scores["role"] == "source"]
     held = scores[scores["averaged"]]
     k = st.columns(3)
