@@ -49,13 +49,14 @@ export default function (component) {
 _COMPONENT = st.components.v2.component("npdg_before_after", css=_CSS, js=_JS)
 
 
-def png_data_url(image: np.ndarray) -> str:
-    """A uint8 ``[H, W, 3]`` image as a ``data:image/png;base64,...`` URL."""
+def data_url(image: np.ndarray) -> str:
+    """A uint8 ``[H, W, 3]`` image as a ``data:image/jpeg;base64,...`` URL (JPEG at quality 92: about
+    20× faster to encode than PNG, which a rerun of every toggle feels)."""
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.fromarray(np.asarray(image, dtype=np.uint8)).save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    Image.fromarray(np.asarray(image, dtype=np.uint8)).save(buf, format="JPEG", quality=92)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
 def before_after(a: np.ndarray, b: np.ndarray, label_a: str, label_b: str, *, key: str, pos: int = 50) -> int:
@@ -64,7 +65,7 @@ def before_after(a: np.ndarray, b: np.ndarray, label_a: str, label_b: str, *, ke
     if a.shape != b.shape:
         raise ValueError(f"the two images differ in size: {a.shape} vs {b.shape}")
     # labels are set with textContent in the browser: never parsed as HTML
-    data = {"a": png_data_url(a), "b": png_data_url(b), "label_a": str(label_a), "label_b": str(label_b),
+    data = {"a": data_url(a), "b": data_url(b), "label_a": str(label_a), "label_b": str(label_b),
             "pos": int(st.session_state.get(f"_{key}_pos", pos))}
     result = _COMPONENT(data=data, key=key, on_pos_change=lambda: None)
     value = getattr(result, "pos", None)

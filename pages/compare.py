@@ -14,7 +14,7 @@ import streamlit as st
 from plotly.subplots import make_subplots
 
 from app import components, state
-from app.before_after import before_after
+from app.before_after import before_after, data_url
 from app.models import model_options, model_path
 from npdg.service import compare, data, pruning, uploads
 from npdg.service.data import CLASS_NAMES, DOMAIN_NAMES, DOMAIN_ROLES, SPLIT_LENGTHS
@@ -140,9 +140,9 @@ if upload is not None:
         st.stop()
     ov_a, ov_b = _overlay(upload, pa), _overlay(upload, pb)
     cols = st.columns(3)
-    cols[0].image(upload, caption="your image", width="stretch")
-    cols[1].image(ov_a, caption=f"A: {ref_a.label}", width="stretch")
-    cols[2].image(ov_b, caption=f"B: {ref_b.label}", width="stretch")
+    cols[0].image(upload, caption="your image", width="stretch", output_format="JPEG")
+    cols[1].image(ov_a, caption=f"A: {ref_a.label}", width="stretch", output_format="JPEG")
+    cols[2].image(ov_b, caption=f"B: {ref_b.label}", width="stretch", output_format="JPEG")
     before_after(ov_a if view == "A vs B" else upload, ov_b if view == "A vs B" else ov_a,
                  "A" if view == "A vs B" else "image", "B" if view == "A vs B" else "A", key="ba_upload")
     st.caption(f"The two predictions differ on {100 * float((pa != pb).mean()):.1f} % of the pixels.")
@@ -168,12 +168,12 @@ for col, t in zip(head, ["", "image", "ground truth", "A", "B", "errors A", "err
 for pa, pb in zip(preds_a, preds_b):
     row = st.columns([1.1, 2, 2, 2, 2, 2, 2])
     row[0].markdown(f"**{pa.domain}**  \n{pa.role}  \nA {100 * pa.miou:.1f} · B {100 * pb.miou:.1f}")
-    row[1].image(pa.image, width="stretch")
-    row[2].image(_overlay(pa.image, pa.label), width="stretch")
-    row[3].image(_overlay(pa.image, pa.pred), width="stretch")
-    row[4].image(_overlay(pb.image, pb.pred), width="stretch")
-    row[5].image(compare.error_overlay(pa.image, pa.error, opacity), width="stretch")
-    row[6].image(compare.error_overlay(pb.image, pb.error, opacity), width="stretch")
+    row[1].image(pa.image, width="stretch", output_format="JPEG")
+    row[2].image(_overlay(pa.image, pa.label), width="stretch", output_format="JPEG")
+    row[3].image(_overlay(pa.image, pa.pred), width="stretch", output_format="JPEG")
+    row[4].image(_overlay(pb.image, pb.pred), width="stretch", output_format="JPEG")
+    row[5].image(compare.error_overlay(pa.image, pa.error, opacity), width="stretch", output_format="JPEG")
+    row[6].image(compare.error_overlay(pb.image, pb.error, opacity), width="stretch", output_format="JPEG")
 st.caption("Per-row numbers: the scene's own mIoU (classes present in label or prediction) — for orientation; the "
            "table below scores whole domains. A = " + ref_a.label + ", B = " + ref_b.label + ".")
 
@@ -193,8 +193,9 @@ with left:
 with right:
     zoom = make_subplots(rows=1, cols=2, shared_xaxes=True, shared_yaxes=True, horizontal_spacing=0.02,
                          subplot_titles=("errors A", "errors B"))
-    zoom.add_trace(go.Image(z=compare.error_overlay(pa.image, pa.error, opacity)), row=1, col=1)
-    zoom.add_trace(go.Image(z=compare.error_overlay(pb.image, pb.error, opacity)), row=1, col=2)
+    # images as JPEG data URLs: a go.Image with z= would send every pixel as a JSON number
+    zoom.add_trace(go.Image(source=data_url(compare.error_overlay(pa.image, pa.error, opacity))), row=1, col=1)
+    zoom.add_trace(go.Image(source=data_url(compare.error_overlay(pb.image, pb.error, opacity))), row=1, col=2)
     zoom.update_xaxes(matches="x", showticklabels=False)
     zoom.update_yaxes(matches="y", showticklabels=False)
     zoom.update_layout(height=260, margin=dict(l=0, r=0, t=30, b=0), dragmode="zoom")

@@ -112,8 +112,13 @@ def _plan():
 
 
 # ----------------------------------------------------------------------------------------- what-if
-tab_now, tab_curves, tab_layers, tab_export = st.tabs(["What-if", "mIoU vs rate", "Per layer", "Export"], key="tab",
-                                                      bind="query-params")
+TABS = ("What-if", "mIoU vs rate", "Per layer", "Export")
+tab_now, tab_curves, tab_layers, tab_export = st.tabs(TABS, key="tab", bind="query-params", on_change="rerun")
+active = st.session_state.get("tab") or TABS[0]  # only the open tab is computed and drawn
+try:
+    plan, plan_error = _plan(), None
+except Exception as exc:  # a bad setting, a table for another model: a message, never a traceback
+    plan, plan_error = None, exc
 
 
 def _what_if(plan) -> None:
@@ -160,15 +165,16 @@ def _what_if(plan) -> None:
     st.plotly_chart(kept, width="stretch", key="prune_kept")
 
 
-with tab_now:
+def _tab_now() -> None:
     _notes()
-    try:
-        plan = _plan()
-        if plan is not None:
+    if plan_error is not None:
+        components.error_box(plan_error)
+        return
+    if plan is not None:
+        try:
             _what_if(plan)
-    except Exception as exc:  # a bad setting, a table for another model: a message, never a traceback
-        components.error_box(exc)
-        plan = None
+        except Exception as exc:
+            components.error_box(exc)
 
 
 # ------------------------------------------------------------------------------------------ curves
@@ -204,7 +210,7 @@ def _curve_figure(frames: dict[str, object], current: tuple[float, float, float]
     return by_rate, pareto
 
 
-with tab_curves:
+def _tab_curves() -> None:
     st.markdown("Each curve is a **(model, criterion)** pair: npdg and slimming both rank |γ|, so they are drawn on the "
                 "model each sparse training produced; l1norm and random run on the model picked in the sidebar. Every "
                 f"point: soft-masked mIoU on the first {int(n_scenes)} val scenes per domain.")
@@ -269,7 +275,7 @@ def _layer_figure(frame) -> go.Figure:
     return fig
 
 
-with tab_layers:
+def _tab_layers() -> None:
     st.markdown("The view Distiller and NNI users miss: prune **one coupling group** at r ∈ "
                 f"{{{', '.join(f'{r:g}' for r in pruning.LAYER_RATES)}}} with the rest of the model dense, and see "
                 f"source and held-out mIoU ({criterion} ranking on {model.id}, 2 val scenes per domain). Lines fill in "
@@ -299,7 +305,7 @@ with tab_layers:
 
 
 # ------------------------------------------------------------------------------------------ export
-with tab_export:
+def _tab_export() -> None:
     st.markdown("The plan above, **physically** pruned: channels and heads removed from the weights "
                 "(`npdg.recipes.prune`, no sparse training, no fine-tuning), with `cost.json` measured on the result.")
     if plan is None or criterion == "sensitivity":
@@ -343,6 +349,12 @@ with tab_export:
             st.code(f"python -m npdg prune --run {model.id} --out runs/{stem}-ft --criterion {criterion}{thr} "
                     f"--round-to {int(round_to)} --max-layer-ratio {cap:g} --units {units} --finetune-iters 200",
                     language="bash")
+
+for label, container, render in zip(TABS, (tab_now, tab_curves, tab_layers, tab_export),
+                                    (_tab_now, _tab_curves, _tab_layers, _tab_export)):
+    with container:
+        if label == active:
+            render()
 
 with st.expander("What am I looking at? (teaching notes)"):
     st.markdown(

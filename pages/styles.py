@@ -69,15 +69,16 @@ model_path = model.path if model is not None else None
 #: What every view restyles: the chosen scene, or the upload at its working size.
 INPUT = {"index": int(scene)} if upload is None else {"image": upload, "size": upload.shape[:2]}
 
-tab_sample, tab_ascend, tab_traverse, tab_heldout = st.tabs(["Sample", "Ascend", "Traverse", "DSP vs held-out"],
-                                                            key="tab", bind="query-params")
+TABS = ("Sample", "Ascend", "Traverse", "DSP vs held-out")
+tab_sample, tab_ascend, tab_traverse, tab_heldout = st.tabs(TABS, key="tab", bind="query-params", on_change="rerun")
+active = st.session_state.get("tab") or TABS[0]  # only the open tab is computed and drawn
 
 
 def _caption(ce, i: int) -> str:
     return f"style {i}" + ("" if ce is None else f" — CE {float(ce[i]):.2f}")
 
 
-with tab_sample:
+def _tab_sample() -> None:
     try:
         if model_path is not None:
             grid = styles.ascend_styles(dsp_path, model_path, **INPUT, n_styles=int(k), steps=0,
@@ -108,7 +109,7 @@ with tab_sample:
             target = "the true labels" if not grid.pseudo_labels else "its own prediction on the clean image (no label)"
             st.caption(f"CE of {model.label} on each style (its own loss on {target}). Higher = harder.")
 
-with tab_ascend:
+def _tab_ascend() -> None:
     a1, a2, a3 = st.columns(3)
     steps = a1.slider("Ascent steps", 1, 5, 3, key="steps", bind="query-params",
                       help="Gradient-ascent steps on ε against the selected model.")
@@ -145,7 +146,7 @@ with tab_ascend:
             fig.update_layout(margin=dict(l=0, r=0, t=30, b=0), title="CE per ascent step")
             st.plotly_chart(fig, width="stretch", key="styles_ce_steps")
 
-with tab_traverse:
+def _tab_traverse() -> None:
     dim = st.number_input("Latent dimension", 0, info.latent_dim - 1, 0, 1, key="dim", bind="query-params",
                           help="ε = 0 except this coordinate, which takes −3 … 3 in 7 steps.")
     try:
@@ -181,8 +182,11 @@ def _heldout() -> None:
         cols[i].image(grid.random[0, i], caption=f"DSP style {i}", width="stretch")
 
 
-with tab_heldout:
-    _heldout()
+for label, container, render in zip(TABS, (tab_sample, tab_ascend, tab_traverse, tab_heldout),
+                                    (_tab_sample, _tab_ascend, _tab_traverse, _heldout)):
+    with container:
+        if label == active:
+            render()
 
 with st.expander("What am I looking at? (teaching notes)"):
     st.markdown(

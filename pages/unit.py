@@ -120,7 +120,7 @@ except Exception as exc:
 if view is not None:
     cols = st.columns(len(view.domains))
     for col, d, img in zip(cols, view.domains, view.images):
-        col.image(img, caption=f"{d} ({DOMAIN_ROLES[d]})", width="stretch")
+        col.image(img, caption=f"{d} ({DOMAIN_ROLES[d]})", width="stretch", output_format="JPEG")
     titles = [f"{d}: max {p:.2f}" for d, p in zip(view.domains, view.peaks)]
     fig = figures.map_grid(view.maps, titles, zmin=view.vmin, zmax=view.vmax, colorscale=heatmap.PLOTLY_SCALE,
                            colorbar_title="act.")
@@ -154,7 +154,7 @@ if jobs_ui.follow(status, "Activation atlas", retry_key="atlas_retry"):
             cols = st.columns([1.3] + [1] * TOP_K)
             cols[0].markdown(f"**{d}**  \n{DOMAIN_ROLES[d]}")
             for col, p in zip(cols[1:], ps):
-                col.image(p.crop, caption=f"scene {p.scene} · {p.value:.2f}", width="stretch")
+                col.image(p.crop, caption=f"scene {p.scene} · {p.value:.2f}", width="stretch", output_format="JPEG")
     with right:
         fig = px.bar(profile, x="domain", y="mean_max", error_y=profile["max_max"] - profile["mean_max"],
                      error_y_minus=profile["mean_max"] - profile["min_max"],
