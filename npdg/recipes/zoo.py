@@ -456,7 +456,9 @@ def write_readme(zoo: Path | None = None) -> Path:
     wall = float(shipped["wall_s"].fillna(0).sum()) if "wall_s" in shipped else 0.0
     lines += ["", f"Total size of `assets/`: {total:.1f} MB (budget 180 MB, no file over 30 MB).",
               f"Training wall time of the {len(shipped)} shipped models: {wall / 60:.0f} min in all (see each card's "
-              "`trained_on`; exports and measurements add about 2 min per model).", ""]
+              "`trained_on`; exports and measurements add about 2 min per model). These are wall times on a "
+              "shared 2-core CPU, not a clean one-go build: a run that was paused while tests ran counts its pause "
+              "(the README's zoo table marks the one it inflated most).", ""]
     path = zoo.parent / "README.md"
     atomic_write_text("\n".join(lines), path)
     return path
