@@ -33,3 +33,17 @@ def device_badge() -> None:
 def error_box(exc: Exception) -> None:
     """Show a user-facing error (never a traceback)."""
     st.error(f"{type(exc).__name__}: {exc}")
+
+
+def lazy_tabs(tabs: dict, key: str = "tab") -> str:
+    """Tabs bound to the URL (``?tab=``) of which only the open one is computed and drawn: a click on
+    another tab reruns the page (``on_change="rerun"``). ``tabs`` maps each label to a function
+    that renders its content; returns the open label."""
+    labels = list(tabs)
+    containers = st.tabs(labels, key=key, bind="query-params", on_change="rerun")
+    active = st.session_state.get(key) or labels[0]
+    for label, container in zip(labels, containers):
+        with container:
+            if label == active:
+                tabs[label]()
+    return active

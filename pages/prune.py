@@ -112,9 +112,6 @@ def _plan():
 
 
 # ----------------------------------------------------------------------------------------- what-if
-TABS = ("What-if", "mIoU vs rate", "Per layer", "Export")
-tab_now, tab_curves, tab_layers, tab_export = st.tabs(TABS, key="tab", bind="query-params", on_change="rerun")
-active = st.session_state.get("tab") or TABS[0]  # only the open tab is computed and drawn
 try:
     plan, plan_error = _plan(), None
 except Exception as exc:  # a bad setting, a table for another model: a message, never a traceback
@@ -350,11 +347,8 @@ def _tab_export() -> None:
                     f"--round-to {int(round_to)} --max-layer-ratio {cap:g} --units {units} --finetune-iters 200",
                     language="bash")
 
-for label, container, render in zip(TABS, (tab_now, tab_curves, tab_layers, tab_export),
-                                    (_tab_now, _tab_curves, _tab_layers, _tab_export)):
-    with container:
-        if label == active:
-            render()
+components.lazy_tabs({"What-if": _tab_now, "mIoU vs rate": _tab_curves, "Per layer": _tab_layers,
+                      "Export": _tab_export})  # only the open tab is computed and drawn
 
 with st.expander("What am I looking at? (teaching notes)"):
     st.markdown(

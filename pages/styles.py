@@ -69,9 +69,6 @@ model_path = model.path if model is not None else None
 #: What every view restyles: the chosen scene, or the upload at its working size.
 INPUT = {"index": int(scene)} if upload is None else {"image": upload, "size": upload.shape[:2]}
 
-TABS = ("Sample", "Ascend", "Traverse", "DSP vs held-out")
-tab_sample, tab_ascend, tab_traverse, tab_heldout = st.tabs(TABS, key="tab", bind="query-params", on_change="rerun")
-active = st.session_state.get("tab") or TABS[0]  # only the open tab is computed and drawn
 
 
 def _caption(ce, i: int) -> str:
@@ -182,11 +179,8 @@ def _heldout() -> None:
         cols[i].image(grid.random[0, i], caption=f"DSP style {i}", width="stretch")
 
 
-for label, container, render in zip(TABS, (tab_sample, tab_ascend, tab_traverse, tab_heldout),
-                                    (_tab_sample, _tab_ascend, _tab_traverse, _heldout)):
-    with container:
-        if label == active:
-            render()
+components.lazy_tabs({"Sample": _tab_sample, "Ascend": _tab_ascend, "Traverse": _tab_traverse,
+                      "DSP vs held-out": _heldout})  # only the open tab is computed and drawn
 
 with st.expander("What am I looking at? (teaching notes)"):
     st.markdown(
