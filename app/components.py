@@ -47,3 +47,9 @@ def lazy_tabs(tabs: dict, key: str = "tab") -> str:
             if label == active:
                 tabs[label]()
     return active
+
+
+def teaching_notes(text: str) -> None:
+    """The page's "What am I looking at?" expander (markdown), the same on every page."""
+    with st.expander("What am I looking at? (teaching notes)"):
+        st.markdown(text)

@@ -241,11 +241,10 @@ with s2:
                       title=f"Per-class IoU, A vs B (labels: Δ) — {cdom}", clickmode="event+select")
     st.plotly_chart(fig, width="stretch", key="cmp_classes", on_select="rerun", selection_mode="points")
 
-with st.expander("What am I looking at? (teaching notes)"):
-    st.markdown(
-        "- **Same street, other looks**: the labels are identical in every row; only the style changes, so every "
-        "new red pixel in a held-out row is an error caused by the domain shift.\n"
-        "- **A vs B**: typical use — a source-only model (A) against a DSP-trained or NPDG-pruned one (B): does B fix "
-        "the errors the shift causes, and where does pruning cost accuracy?\n"
-        "- **Per-class IoU**: click a bar to colour that class's TP / FP / FN in the grid."
-    )
+components.teaching_notes(
+    "- **Same street, other looks**: the labels are identical in every row; only the style changes, so every "
+    "new red pixel in a held-out row is an error caused by the domain shift.\n"
+    "- **A vs B**: typical use — a source-only model (A) against a DSP-trained or NPDG-pruned one (B): does B fix "
+    "the errors the shift causes, and where does pruning cost accuracy?\n"
+    "- **Per-class IoU**: click a bar to colour that class's TP / FP / FN in the grid."
+)

@@ -115,13 +115,12 @@ with right:
         column_config={"same labels": st.column_config.ProgressColumn("same labels", min_value=0.0, max_value=1.0, format="percent")},
     )
 
-with st.expander("What am I looking at? (teaching notes)"):
-    st.markdown(
-        "- **Source**: the only domain a model is trained on (like GTA5 game frames in the paper).\n"
-        "- **Held-out** domains (photo-like, night, fog, rain, overcast, toon) are never seen in training, "
-        "by DSP or by its style bank; they play the role of Cityscapes, BDD100K and Mapillary.\n"
-        "- **Content shift** (`suburb`) changes the *layout* — wider roads, fewer buildings — with the "
-        "source look. NPDG targets *style* shift; this domain shows the limit the paper states.\n"
-        "- Boundaries between classes come only from appearance (colour, texture), never from drawn outlines, "
-        "so a model must learn what surfaces look like — and that is what breaks when the style changes."
-    )
+components.teaching_notes(
+    "- **Source**: the only domain a model is trained on (like GTA5 game frames in the paper).\n"
+    "- **Held-out** domains (photo-like, night, fog, rain, overcast, toon) are never seen in training, "
+    "by DSP or by its style bank; they play the role of Cityscapes, BDD100K and Mapillary.\n"
+    "- **Content shift** (`suburb`) changes the *layout* — wider roads, fewer buildings — with the "
+    "source look. NPDG targets *style* shift; this domain shows the limit the paper states.\n"
+    "- Boundaries between classes come only from appearance (colour, texture), never from drawn outlines, "
+    "so a model must learn what surfaces look like — and that is what breaks when the style changes."
+)

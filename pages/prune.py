@@ -350,14 +350,13 @@ def _tab_export() -> None:
 components.lazy_tabs({"What-if": _tab_now, "mIoU vs rate": _tab_curves, "Per layer": _tab_layers,
                       "Export": _tab_export})  # only the open tab is computed and drawn
 
-with st.expander("What am I looking at? (teaching notes)"):
-    st.markdown(
-        "- **What-if**: the plan zeroes the pruned units (soft masks); the mIoU is what the physically pruned model "
-        "would score before fine-tuning (the same numbers to 1e-4, tested).\n"
-        "- **Sparse training first**: on a model whose γ were never pushed down, removing units is like removing "
-        "random pieces; NPDG and Network Slimming both train γ sparse first and differ only in the weights of the L1.\n"
-        "- **mIoU vs rate / Pareto**: the first bird (cheaper) is on the x axis; the second (better on held-out "
-        "domains) is whether the dashed curve rises above the dense star.\n"
-        "- **Per layer**: which layers a criterion can thin safely — typically the wide late layers — and which "
-        "break at once (the stem, the decoder's projection)."
-    )
+components.teaching_notes(
+    "- **What-if**: the plan zeroes the pruned units (soft masks); the mIoU is what the physically pruned model "
+    "would score before fine-tuning (the same numbers to 1e-4, tested).\n"
+    "- **Sparse training first**: on a model whose γ were never pushed down, removing units is like removing "
+    "random pieces; NPDG and Network Slimming both train γ sparse first and differ only in the weights of the L1.\n"
+    "- **mIoU vs rate / Pareto**: the first bird (cheaper) is on the x axis; the second (better on held-out "
+    "domains) is whether the dashed curve rises above the dense star.\n"
+    "- **Per layer**: which layers a criterion can thin safely — typically the wide late layers — and which "
+    "break at once (the stem, the decoder's projection)."
+)

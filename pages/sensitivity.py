@@ -351,17 +351,16 @@ else:
     except Exception as exc:
         components.error_box(exc)
 
-with st.expander("What am I looking at? (teaching notes)"):
-    st.markdown(
-        "- **Overview**: one row per prunable layer (model order, input at the top), one cell per unit — wide "
-        "layers averaged over runs of consecutive units. Bright = sensitive to style. Click a cell to select "
-        "its layer.\n"
-        "- **λ** only re-weights two saved statistics, so moving it is instant: λ = 1 ranks by how much a unit's "
-        "own activation moves with style (unary), λ = 0 by how much its style reaction is shared with the rest "
-        "of the layer (binary, redundant units).\n"
-        "- **Layer table and strip**: where in the network sensitivity sits — typically in the early layers "
-        "(colour and texture statistics) more than in the decoder.\n"
-        "- **Unary vs binary**: the two signals of one layer; units in the top-right are pruned first.\n"
-        "- **DSP vs oracle**: NPDG never sees the target domains; the oracle probe does, only to check that the "
-        "DSP styles point at the same units (a diagnostic, never used for training or selection)."
-    )
+components.teaching_notes(
+    "- **Overview**: one row per prunable layer (model order, input at the top), one cell per unit — wide "
+    "layers averaged over runs of consecutive units. Bright = sensitive to style. Click a cell to select "
+    "its layer.\n"
+    "- **λ** only re-weights two saved statistics, so moving it is instant: λ = 1 ranks by how much a unit's "
+    "own activation moves with style (unary), λ = 0 by how much its style reaction is shared with the rest "
+    "of the layer (binary, redundant units).\n"
+    "- **Layer table and strip**: where in the network sensitivity sits — typically in the early layers "
+    "(colour and texture statistics) more than in the decoder.\n"
+    "- **Unary vs binary**: the two signals of one layer; units in the top-right are pruned first.\n"
+    "- **DSP vs oracle**: NPDG never sees the target domains; the oracle probe does, only to check that the "
+    "DSP styles point at the same units (a diagnostic, never used for training or selection)."
+)

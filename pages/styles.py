@@ -182,14 +182,13 @@ def _heldout() -> None:
 components.lazy_tabs({"Sample": _tab_sample, "Ascend": _tab_ascend, "Traverse": _tab_traverse,
                       "DSP vs held-out": _heldout})  # only the open tab is computed and drawn
 
-with st.expander("What am I looking at? (teaching notes)"):
-    st.markdown(
-        "- **Sample**: K random codes ε ~ N(0, I) restyle the same scene; the caption is the selected "
-        "model's cross-entropy on it — styles with a high CE are the ones it has not learnt to handle.\n"
-        "- **Ascend**: the same codes pushed by gradient ascent on that CE. The line chart shows CE rising "
-        "step by step: DSP *searches* for harmful styles (docs/method.md §1.5).\n"
-        "- **Traverse**: one latent coordinate swept from −3 to 3 — what a single dimension of the style "
-        "space controls.\n"
-        "- **DSP vs held-out**: DSP never sees the held-out domains; comparing them shows which kinds of "
-        "shift it can stand in for."
-    )
+components.teaching_notes(
+    "- **Sample**: K random codes ε ~ N(0, I) restyle the same scene; the caption is the selected "
+    "model's cross-entropy on it — styles with a high CE are the ones it has not learnt to handle.\n"
+    "- **Ascend**: the same codes pushed by gradient ascent on that CE. The line chart shows CE rising "
+    "step by step: DSP *searches* for harmful styles (docs/method.md §1.5).\n"
+    "- **Traverse**: one latent coordinate swept from −3 to 3 — what a single dimension of the style "
+    "space controls.\n"
+    "- **DSP vs held-out**: DSP never sees the held-out domains; comparing them shows which kinds of "
+    "shift it can stand in for."
+)

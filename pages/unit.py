@@ -164,13 +164,12 @@ if jobs_ui.follow(status, "Activation atlas", retry_key="atlas_retry"):
         st.plotly_chart(fig, width="stretch", key="unit_profile")
         st.caption("Bars: mean over the atlas scenes of the unit's spatial maximum; whiskers: min … max.")
 
-with st.expander("What am I looking at? (teaching notes)"):
-    st.markdown(
-        "- **Maps in every domain**: the same street rendered in each look. A *content* unit lights up the same "
-        "places everywhere; a *style* unit changes its overall level or pattern with the look — the kind NPDG "
-        "scores as sensitive and prunes.\n"
-        "- **Top patches**: what makes the unit fire, per domain (the idea of OpenAI Microscope / NetDissect).\n"
-        "- **Partners**: units whose style reaction is correlated with this one; a unit with many strong partners "
-        "is redundant under style shift (high binary score).\n"
-        "- **Coupling group**: channels that must be removed together, e.g. across a residual sum."
-    )
+components.teaching_notes(
+    "- **Maps in every domain**: the same street rendered in each look. A *content* unit lights up the same "
+    "places everywhere; a *style* unit changes its overall level or pattern with the look — the kind NPDG "
+    "scores as sensitive and prunes.\n"
+    "- **Top patches**: what makes the unit fire, per domain (the idea of OpenAI Microscope / NetDissect).\n"
+    "- **Partners**: units whose style reaction is correlated with this one; a unit with many strong partners "
+    "is redundant under style shift (high binary score).\n"
+    "- **Coupling group**: channels that must be removed together, e.g. across a residual sum."
+)
