@@ -88,11 +88,8 @@ def _table(source: str):
     """(result, where it came from) for the chosen model and ``source``; (None, reason) when there is none."""
     if model is None:
         return None, "no model"
-    path = sens.saved_table_path(model.path, source)
-    if path is not None:
-        return sens.load_table(path), f"precomputed: {path.name}"
-    found = sens.job_table(_job(source))
-    return (found, "computed on request (dashboard cache)") if found is not None else (None, "none yet")
+    n, k, unary = _probe_settings(source)
+    return sens.find_table(model.path, source, n_images=n, n_styles=k, unary=unary, domains=ORACLE_DOMAINS)
 
 
 def _tables() -> dict[str, tuple]:

@@ -11,7 +11,7 @@ import streamlit as st
 
 from app import components, state
 from app.models import model_panel
-from npdg.service import data, styles, uploads
+from npdg.service import compare, data, styles, uploads
 
 st.title("Styles — what DSP imitates, and what hurts the model")
 st.markdown(
@@ -93,7 +93,8 @@ def _tab_sample() -> None:
         shown, first = grid.random[0], grid.inputs[0]
         if show_pred and model_path is not None:
             try:
-                preds = styles.predict_images(model_path, np.concatenate([grid.inputs[:1], grid.random[0]]))
+                preds = compare.ref_predict_images(compare.ModelRef(model_path),
+                                                   np.concatenate([grid.inputs[:1], grid.random[0]]))
                 first = data.overlay(first, preds[0], opacity=0.55)
                 shown = [data.overlay(img, pr, opacity=0.55) for img, pr in zip(grid.random[0], preds[1:])]
             except Exception as exc:

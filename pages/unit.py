@@ -64,13 +64,7 @@ unit = int(unit)
 
 # ----------------------------------------------------------------------------------------- scores
 def _scores() -> None:
-    path = sens.saved_table_path(model.path, SOURCES[src_label])
-    if path is None:
-        status = sens.probe_job(model.path, SOURCES[src_label], lookup_only=True)
-        res = sens.job_table(status)
-        where = "computed on the Sensitivity page (dashboard cache)"
-    else:
-        res, where = sens.load_table(path), f"precomputed {path.name}"
+    res, where = sens.find_table(model.path, SOURCES[src_label])  # the Sensitivity page's default probe
     if res is None:
         st.info(f"No {src_label} table for {model.label} yet: compute it on the Sensitivity page; the maps below "
                 "need none.")
@@ -87,7 +81,7 @@ def _scores() -> None:
     m[4].metric("rank in layer", f"{info.rank} / {info.layer_size}", help="1 = the layer's most style-sensitive unit.")
     m[5].metric("coupling group", "—" if info.group < 0 else str(info.group),
                 help="Units torch-pruning removes together (a residual sum ties channels of several layers).")
-    st.caption(f"From the {where} ({res.meta.get('images', '?')} images, probed at "
+    st.caption(f"Scores from the sensitivity table — {where} ({res.meta.get('images', '?')} images, probed at "
                f"{'×'.join(str(v) for v in res.meta.get('size', []))}). Coupling group spans: "
                + ", ".join(f"`{heatmap.short_layer(n)}`" for n in info.group_layers[:8])
                + (" …" if len(info.group_layers) > 8 else ""))

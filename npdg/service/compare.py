@@ -26,12 +26,11 @@ import pandas as pd
 from npdg.errors import ConfigError
 from npdg.explain import ErrorMap, error_map, error_overlay
 from npdg.service import engine, engine_device, lru, model_key, readonly, shared_model
-from npdg.service.data import DOMAIN_NAMES, DOMAIN_ROLES, scene_batch
+from npdg.service.data import DOMAIN_NAMES, DOMAIN_ROLES
 
 ProgressFn = Callable[[int, int], None]
 DEFAULT_SIZE: tuple[int, int] = (128, 256)
 _EVALS = lru(32)
-_SCENES = lru(64)
 DOMAIN_COLUMNS = ["domain", "role", "averaged", "miou", "pixel_acc", "num_images"]
 
 
@@ -119,39 +118,6 @@ class ScenePrediction:
         return float(iou.mean()) if iou.size else math.nan
 
 
-def scene_predictions(
-    model_path: str | Path,
-    *,
-    split: str = "val",
-    index: int = 0,
-    domains: Sequence[str] = DOMAIN_NAMES,
-    size: tuple[int, int] = DEFAULT_SIZE,
-    class_id: int | None = None,
-) -> tuple[ScenePrediction, ...]:
-    """Scene ``(split, index)`` in each of ``domains`` with the prediction and the TP / FP / FN map
-    (for ``class_id``, or right vs wrong over all classes)."""
-    doms = tuple(domains)
-    key = (model_key(model_path), split, int(index), doms, tuple(size), class_id)
-
-    def compute():
-        import torch
-
-        out = []
-        for d in doms:
-            images, labels = scene_batch(d, split, [int(index)], tuple(size))
-            with engine(), torch.inference_mode():
-                model = shared_model(model_path)
-                pred = model(images.to(engine_device())).argmax(1)[0].to("cpu").numpy().astype(np.uint8)
-            label = labels[0].numpy().astype(np.uint8)
-            image = (images[0].permute(1, 2, 0).numpy() * 255.0 + 0.5).astype(np.uint8)
-            n = int(getattr(model, "num_classes", 19))
-            out.append(ScenePrediction(d, DOMAIN_ROLES.get(d, "real"), split, int(index), readonly(image),
-                                       readonly(label), readonly(pred), error_map(pred, label, class_id, n)))
-        return tuple(out)
-
-    return _SCENES.get(key, compute)
-
-
 # ==================================================================================================
 # model references: a model, or a model with a plan soft-masked (the Prune page's)
 # ==================================================================================================
@@ -210,6 +176,16 @@ def ref_scene_predictions(ref: ModelRef, *, split: str = "val", index: int = 0, 
         err = error_map(pred, v.label, class_id)
         out.append(ScenePrediction(v.domain, v.role, split, int(index), v.image, v.label, pred, err))
     return tuple(out)
+
+
+def scene_predictions(model_path: str | Path, *, split: str = "val", index: int = 0,
+                      domains: Sequence[str] | None = None, size: tuple[int, int] = DEFAULT_SIZE,
+                      class_id: int | None = None) -> tuple[ScenePrediction, ...]:
+    """Scene ``(split, index)`` in each of ``domains`` with the model's prediction and the TP / FP /
+    FN map (for ``class_id``, or right vs wrong over all classes): :func:`ref_scene_predictions` of
+    the plain model."""
+    return ref_scene_predictions(ModelRef(Path(model_path)), split=split, index=index, domains=domains, size=size,
+                                 class_id=class_id)
 
 
 def ref_scores(ref: ModelRef, *, domains: Sequence[str] | None = None, split: str = "val", n_images: int = 4,

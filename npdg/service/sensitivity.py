@@ -220,6 +220,17 @@ def job_table(status: jobs.JobStatus | None) -> SensitivityResult | None:
     return None if found is None else _copy(found)
 
 
+def find_table(model_path: str | Path, source: str, **probe) -> tuple[SensitivityResult | None, str]:
+    """The table a page shows for a model and ``source``: the precomputed one next to the model
+    (:func:`saved_table_path`), else a finished on-request probe with the settings ``probe`` (the
+    keyword arguments of :func:`probe_job`); with where it came from, or (None, "none yet")."""
+    path = saved_table_path(model_path, source)
+    if path is not None:
+        return load_table(path), f"precomputed: {path.name}"
+    found = job_table(probe_job(model_path, source, lookup_only=True, **probe))
+    return (found, "computed on request (dashboard cache)") if found is not None else (None, "none yet")
+
+
 @dataclass(frozen=True)
 class UnitInfo:
     """One unit in a sensitivity table: its row's scores, its rank in the layer (1 = most
@@ -264,4 +275,4 @@ def unit_info(result: SensitivityResult, layer: str, unit: int) -> UnitInfo:
 
 
 __all__ = ["DEFAULT_SIZE", "PROBE_SOURCES", "UNARY_MODES", "TABLE_STORE", "UnitInfo", "job_table", "layer_summary", "load_table",
-           "probe_dsp", "probe_job", "probe_oracle", "rank_agreement", "recombine", "run_tables", "saved_table_path", "unit_info"]
+           "find_table", "probe_dsp", "probe_job", "probe_oracle", "rank_agreement", "recombine", "run_tables", "saved_table_path", "unit_info"]

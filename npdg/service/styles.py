@@ -33,7 +33,6 @@ DEFAULT_SIZE: tuple[int, int] = (128, 256)
 DEFAULT_DSP: Path = REPO_DSP
 _GRIDS = lru(32)
 _TRAVERSALS = lru(32)
-_PREDICTIONS = lru(32)
 
 
 @dataclass(frozen=True)
@@ -169,26 +168,5 @@ def traverse(
     return _TRAVERSALS.get(key, compute)
 
 
-def predict_images(model_path: str | Path, images: np.ndarray) -> np.ndarray:
-    """The model's predicted train ids (uint8 ``[N, H, W]``, read-only) on uint8 images
-    ``[N, H, W, 3]`` — e.g. the styles of a grid, to overlay what the model sees in each."""
-    arr = np.asarray(images)
-    if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
-        raise ConfigError(f"images must be uint8 [N, H, W, 3], got {arr.dtype} {list(arr.shape)}")
-
-    def compute() -> np.ndarray:
-        import torch
-
-        x = torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2).float().div(255.0)
-        with engine(), torch.inference_mode():
-            model = shared_model(model_path)
-            device = next(model.parameters()).device
-            pred = model(x.to(device)).argmax(1).to("cpu").numpy().astype(np.uint8)
-        pred.setflags(write=False)
-        return pred
-
-    return _PREDICTIONS.get((model_key(model_path), array_key(arr)), compute)
-
-
-__all__ = ["DEFAULT_SIZE", "DSPInfo", "StyleGrid", "TraverseGrid", "ascend_styles", "dsp_info", "predict_images",
+__all__ = ["DEFAULT_SIZE", "DSPInfo", "StyleGrid", "TraverseGrid", "ascend_styles", "dsp_info",
            "sample_styles", "traverse"]
