@@ -11,7 +11,6 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
-from plotly.subplots import make_subplots
 
 from app import components, state
 from app.before_after import before_after, data_url
@@ -157,23 +156,23 @@ if not domains:
 try:
     preds_a = compare.ref_scene_predictions(ref_a, index=int(scene), domains=domains, class_id=class_id)
     preds_b = compare.ref_scene_predictions(ref_b, index=int(scene), domains=domains, class_id=class_id)
+    rows = compare.grid_rows(ref_a, ref_b, index=int(scene), domains=domains, class_id=class_id, opacity=opacity,
+                             classes=show_ids)
 except Exception as exc:  # e.g. a plan for another architecture
     components.error_box(exc)
     st.stop()
 
 st.subheader(f"Val scene {int(scene)} in {len(domains)} domain{'s' if len(domains) != 1 else ''}")
-head = st.columns([1.1, 2, 2, 2, 2, 2, 2])
-for col, t in zip(head, ["", "image", "ground truth", "A", "B", "errors A", "errors B"]):
-    col.markdown(f"**{t}**")
-for pa, pb in zip(preds_a, preds_b):
-    row = st.columns([1.1, 2, 2, 2, 2, 2, 2])
+WIDTHS = [1.1, 8, 4]  # the two pictures of a row: 4 tiles and 2 tiles, 4 px apart
+head = st.columns(WIDTHS)
+for col, titles in zip(head[1:], compare.GRID_PARTS):  # titles spread over the tiles of each picture
+    col.html(f'<div style="display:flex;column-gap:{100 * 4 / (len(titles) * 256 + 4 * (len(titles) - 1)):.2f}%;'
+             'font-weight:600">' + "".join(f'<div style="flex:1;text-align:center">{t}</div>' for t in titles) + "</div>")
+for pa, pb, pictures in zip(preds_a, preds_b, rows):
+    row = st.columns(WIDTHS, vertical_alignment="center")
     row[0].markdown(f"**{pa.domain}**  \n{pa.role}  \nA {100 * pa.miou:.1f} · B {100 * pb.miou:.1f}")
-    row[1].image(pa.image, width="stretch", output_format="JPEG")
-    row[2].image(_overlay(pa.image, pa.label), width="stretch", output_format="JPEG")
-    row[3].image(_overlay(pa.image, pa.pred), width="stretch", output_format="JPEG")
-    row[4].image(_overlay(pb.image, pb.pred), width="stretch", output_format="JPEG")
-    row[5].image(compare.error_overlay(pa.image, pa.error, opacity), width="stretch", output_format="JPEG")
-    row[6].image(compare.error_overlay(pb.image, pb.error, opacity), width="stretch", output_format="JPEG")
+    for col, picture in zip(row[1:], pictures):
+        col.image(picture, width="stretch", output_format="JPEG")
 st.caption("Per-row numbers: the scene's own mIoU (classes present in label or prediction) — for orientation; the "
            "table below scores whole domains. A = " + ref_a.label + ", B = " + ref_b.label + ".")
 
@@ -191,14 +190,20 @@ with left:
         before_after(pa.image, ov_a, "image", "A", key="ba_scene")
     st.caption("Drag the slider: left of the red line is the first image, right of it the second.")
 with right:
-    zoom = make_subplots(rows=1, cols=2, shared_xaxes=True, shared_yaxes=True, horizontal_spacing=0.02,
-                         subplot_titles=("errors A", "errors B"))
-    # images as JPEG data URLs: a go.Image with z= would send every pixel as a JSON number
-    zoom.add_trace(go.Image(source=data_url(compare.error_overlay(pa.image, pa.error, opacity))), row=1, col=1)
-    zoom.add_trace(go.Image(source=data_url(compare.error_overlay(pb.image, pb.error, opacity))), row=1, col=2)
-    zoom.update_xaxes(matches="x", showticklabels=False)
-    zoom.update_yaxes(matches="y", showticklabels=False)
-    zoom.update_layout(height=260, margin=dict(l=0, r=0, t=30, b=0), dragmode="zoom")
+    # one figure, two image axes that share their ranges; the images go as JPEG data URLs (a
+    # go.Image with z= would send every pixel as a JSON number); built as plain dicts — plotly's
+    # make_subplots / update_* validation cost more than the rest of this page together
+    axis = dict(showticklabels=False, showgrid=False, zeroline=False)
+    zoom = go.Figure(
+        data=[dict(type="image", source=data_url(compare.error_overlay(p.image, p.error, opacity)),
+                   xaxis=f"x{k or ''}", yaxis=f"y{k or ''}") for k, p in ((0, pa), (2, pb))],
+        layout=dict(height=260, margin=dict(l=0, r=0, t=30, b=0), dragmode="zoom",
+                    xaxis=dict(domain=[0, 0.49], **axis), xaxis2=dict(domain=[0.51, 1], anchor="y2", matches="x", **axis),
+                    yaxis=dict(autorange="reversed", **axis),
+                    yaxis2=dict(anchor="x2", matches="y", autorange="reversed", **axis),
+                    annotations=[dict(text=t, x=x, y=1.0, xref="paper", yref="paper", yanchor="bottom",
+                                      showarrow=False) for t, x in (("errors A", 0.245), ("errors B", 0.755))]),
+        skip_invalid=False)
     st.plotly_chart(zoom, width="stretch", key="cmp_zoom")
     st.caption("Synchronized zoom: drag a box on either view, both follow; double-click to reset.")
 
@@ -233,12 +238,12 @@ with s2:
         pick = pick[pick["domain"] == cdom]
     pick = pick.dropna(subset=["iou", "B"], how="all").sort_values("train_id")
     delta = 100 * (pick["B"] - pick["iou"])
-    fig = go.Figure()
-    fig.add_bar(x=pick["class"], y=100 * pick["iou"], name="A", marker_color="#9aa5b1")
-    fig.add_bar(x=pick["class"], y=100 * pick["B"], name="B", marker_color="#d62728",
-                text=[f"{d:+.0f}" if np.isfinite(d) else "" for d in delta], textposition="outside")
-    fig.update_layout(barmode="group", height=330, margin=dict(l=0, r=0, t=30, b=0), yaxis_title="IoU (%)",
-                      title=f"Per-class IoU, A vs B (labels: Δ) — {cdom}", clickmode="event+select")
+    fig = go.Figure(
+        data=[dict(type="bar", x=pick["class"], y=100 * pick["iou"], name="A", marker_color="#9aa5b1"),
+              dict(type="bar", x=pick["class"], y=100 * pick["B"], name="B", marker_color="#d62728",
+                   text=[f"{d:+.0f}" if np.isfinite(d) else "" for d in delta], textposition="outside")],
+        layout=dict(barmode="group", height=330, margin=dict(l=0, r=0, t=30, b=0), yaxis_title="IoU (%)",
+                    title=f"Per-class IoU, A vs B (labels: Δ) — {cdom}", clickmode="event+select"))
     st.plotly_chart(fig, width="stretch", key="cmp_classes", on_select="rerun", selection_mode="points")
 
 components.teaching_notes(

@@ -62,3 +62,43 @@ def test_plan_cost_is_cached_and_refuses_other_architectures(monkeypatch):
     assert plan_hash(plan) == plan_hash(select(model, rate=0.2)) != plan_hash(select(model, rate=0.3))
     with pytest.raises(ConfigError, match="resnet50"):
         plan_cost(build_model("deeplabv3plus", "resnet50", 4), plan, SIZE)
+
+
+@pytest.mark.parametrize("arch,encoder,gates", [("deeplabv3plus", "resnet18", False), ("segformer", "mit_b0", True)])
+def test_analytic_count_equals_the_rebuilt_pruned_model_on_random_plans(arch, encoder, gates, monkeypatch):
+    """CostModel scales channel counts; the result is the flop counter's own integer for any plan."""
+    torch.manual_seed(1)
+    model = build_model(arch, encoder, 19).eval()
+    if gates:
+        add_head_gates(model)
+    randomize_gamma(model)
+    plan_cost_mod.clear_cache()
+    for seed, rate in ((0, 0.15), (1, 0.45), (2, 0.7)):
+        plan = select(model, score="random", rate=rate, seed=seed)
+        cost = plan_cost(model, plan, SIZE)
+        assert cost.method == "analytic"
+        pruned = prune_model(model, plan)
+        assert cost.gflops * 1e9 == pytest.approx(count_flops(pruned, SIZE), abs=0.5)
+        assert cost.params == count_params(pruned)
+    # the rebuild, where an architecture is not supported, gives the same numbers
+    monkeypatch.setattr(plan_cost_mod, "_cost_model", lambda spec, size: None)
+    plan_cost_mod._CACHE.clear()
+    rebuilt = plan_cost(model, plan, SIZE)
+    assert rebuilt.method == "rebuilt" and (rebuilt.gflops, rebuilt.params) == (cost.gflops, cost.params)
+
+
+def test_analytic_count_refuses_modules_it_cannot_scale(monkeypatch):
+    """A module with FLOPs of its own that is no conv, linear or attention makes the counter decline
+    (its cost could not be scaled exactly); plan_cost then counts the rebuilt model."""
+
+    class Odd(torch.nn.Module):
+        def forward(self, x):
+            return x + 0 * (x @ x.transpose(-1, -2)).sum()
+
+    model = build_model("deeplabv3plus", "resnet18", 4).eval()
+    model.net.segmentation_head.add_module("odd", Odd())
+    monkeypatch.setattr(plan_cost_mod, "_build", lambda spec, device: model)
+    with pytest.raises(plan_cost_mod._Unsupported, match="odd"):
+        plan_cost_mod.CostModel(model.spec, SIZE)
+    plan_cost_mod.clear_cache()
+    assert plan_cost(model.spec, None, SIZE).method == "rebuilt"

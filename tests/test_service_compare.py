@@ -43,3 +43,27 @@ def test_scene_predictions_and_error_maps(runs):
     road = compare.scene_predictions(a, index=3, domains=("rain",), size=SIZE, class_id=0)[0]
     assert road.error.class_id == 0 and road.error.tp.sum() == int(((p.pred == 0) & (p.label == 0)).sum())
     assert np.array_equal(road.pred, p.pred)
+
+
+def test_grid_rows_are_the_overlays_side_by_side_and_cached(runs):
+    """Two pictures per domain: exactly viz.overlay / error_overlay of each tile, 4 white pixels apart."""
+    from npdg import viz
+
+    a, b = runs
+    ra, rb = compare.ModelRef(a), compare.ModelRef(b)
+    kw = dict(index=2, domains=("source", "fog"), size=SIZE, class_id=0)
+    rows = compare.grid_rows(ra, rb, opacity=0.7, classes=[0, 1, 2], **kw)
+    pa, pb = (compare.ref_scene_predictions(r, **kw)[1] for r in (ra, rb))
+    h, w = SIZE
+    preds, errors = rows[1]
+    assert len(rows) == 2 and preds.shape == (h, 4 * w + 3 * 4, 3) and errors.shape == (h, 2 * w + 4, 3)
+    assert not preds.flags.writeable
+    tiles = [part[:, k * (w + 4): k * (w + 4) + w] for part in rows[1] for k in range(part.shape[1] // w)]
+    expected = [pa.image, viz.overlay(pa.image, pa.label, 0.7, [0, 1, 2]), viz.overlay(pa.image, pa.pred, 0.7, [0, 1, 2]),
+                viz.overlay(pa.image, pb.pred, 0.7, [0, 1, 2]), compare.error_overlay(pa.image, pa.error, 0.7),
+                compare.error_overlay(pa.image, pb.error, 0.7)]
+    for k, (got, want) in enumerate(zip(tiles, expected)):
+        assert np.array_equal(got, want), compare.GRID_COLUMNS[k]
+    assert len(tiles) == 6 and (preds[:, w:w + 4] == 255).all()
+    assert compare.grid_rows(ra, rb, opacity=0.7, classes=[2, 1, 0], **kw) is rows  # same setting: cached
+    assert not np.array_equal(compare.grid_rows(ra, rb, opacity=0.2, classes=[0, 1, 2], **kw)[1][0], preds)

@@ -120,7 +120,7 @@ def test_layer_curves_prune_one_group_at_a_time(assets, dashboard_cache):
     assert frame["dense_source"].nunique() == 1
 
 
-def test_export_equals_the_what_if_and_saves_as_a_run(assets, tmp_path, dashboard_cache):
+def test_export_equals_the_what_if_and_saves_as_a_run(assets, tmp_path, dashboard_cache, monkeypatch):
     import zipfile
 
     from npdg.service import jobs
@@ -135,10 +135,20 @@ def test_export_equals_the_what_if_and_saves_as_a_run(assets, tmp_path, dashboar
     names = zipfile.ZipFile(__import__("io").BytesIO(pr.export_zip(folder))).namelist()
     assert names == list(pr.EXPORT_FILES)
     # the soft-masked what-if and the physically pruned model give the same mIoU on the same scenes
+    # — both ways the what-if computes it: soft masks on the shared model, or a pruned copy of it
     plan = pr.select_plan(run, criterion="l1norm", rate=0.3)
-    what_if = pr.masked_miou(run, plan, domains=DOMS, n_images=2)
     physical = compare.evaluate_model(folder, domains=DOMS, n_images=2, size=pr.DEFAULT_SIZE).domains
-    np.testing.assert_allclose(what_if["pruned_miou"].to_numpy(), physical["miou"].to_numpy(), atol=1e-4)
+    model = svc.shared_model(run)
+    x = torch.rand(2, 3, *SIZE)
+    logits = {}
+    for way, min_saving in (("soft", 2.0), ("copy", 0.0)):
+        monkeypatch.setattr(pr, "PHYSICAL_MIN_SAVING", min_saving)
+        svc.clear_caches()
+        what_if = pr.masked_miou(run, plan, domains=DOMS, n_images=2)
+        np.testing.assert_allclose(what_if["pruned_miou"].to_numpy(), physical["miou"].to_numpy(), atol=1e-4)
+        logits[way] = pr.soft_logits(model, plan, x)
+        assert (pr._pruned_copy(model, plan) is None) == (way == "soft")
+    torch.testing.assert_close(logits["soft"], logits["copy"], atol=1e-4, rtol=1e-4)
     saved = pr.save_as_run(folder, "pruned-l1", root=tmp_path / "runs")
     assert (saved / "model.safetensors").is_file() and (saved / ".npdg-run").is_file()
     with pytest.raises(ConfigError, match="already exists"):

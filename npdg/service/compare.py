@@ -8,13 +8,18 @@
 * :class:`ModelRef` — what the Compare page compares: a model file, optionally with a pruning plan
   applied as soft masks (the Prune page's plan), and for it :func:`ref_scene_predictions` (one
   scene in every domain, all domains in one batch), :func:`ref_predict_images` (your own images,
-  no label) and :func:`ref_scores` (mIoU and per-class IoU per domain on the first N val scenes).
+  no label) and :func:`ref_scores` (mIoU and per-class IoU per domain on the first N val scenes);
+* :func:`grid_rows` — the Compare grid, two pictures per domain (image | ground truth | A | B and
+  errors A | errors B), blended in one vectorized pass and cached by every setting, so a toggle
+  that returns to a value costs nothing and a new one ships 16 pictures instead of 48 (each under
+  Streamlit's 1460-px limit, above which it would decode, resize and re-encode every picture).
 
 Scores are cached by model file version and every setting; frames are new copies on each call.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -109,7 +114,7 @@ class ScenePrediction:
     pred: np.ndarray  # uint8 [H, W]
     error: ErrorMap
 
-    @property
+    @functools.cached_property
     def miou(self) -> float:
         """mIoU of this one scene (classes present in label or prediction); for display only — the
         page's dataset scores come from one confusion matrix per domain."""
@@ -164,18 +169,73 @@ def ref_predict_images(ref: ModelRef, images: np.ndarray) -> np.ndarray:
 def ref_scene_predictions(ref: ModelRef, *, split: str = "val", index: int = 0, domains: Sequence[str] | None = None,
                           size: tuple[int, int] = DEFAULT_SIZE, class_id: int | None = None) -> tuple[ScenePrediction, ...]:
     """Scene ``(split, index)`` in each of ``domains`` predicted by ``ref`` (one batch for all
-    domains), with the TP / FP / FN map for ``class_id`` (or right vs wrong)."""
+    domains), with the TP / FP / FN map for ``class_id`` (or right vs wrong); cached."""
     from npdg.service.data import scene_views
 
     doms = tuple(DOMAIN_NAMES if domains is None else domains)
-    views = scene_views(split, int(index), doms, tuple(size))
-    images = np.stack([v.image for v in views])
-    preds = ref_predict_images(ref, images)
-    out = []
-    for v, pred in zip(views, preds):
-        err = error_map(pred, v.label, class_id)
-        out.append(ScenePrediction(v.domain, v.role, split, int(index), v.image, v.label, pred, err))
-    return tuple(out)
+
+    def compute() -> tuple[ScenePrediction, ...]:
+        views = scene_views(split, int(index), doms, tuple(size))
+        preds = ref_predict_images(ref, np.stack([v.image for v in views]))
+        return tuple(ScenePrediction(v.domain, v.role, split, int(index), v.image, v.label, pred,
+                                     error_map(pred, v.label, class_id)) for v, pred in zip(views, preds))
+
+    key = ("scene", ref.key(), split, int(index), doms, tuple(size), None if class_id is None else int(class_id))
+    return _REF_PRED.get(key, compute)
+
+
+#: Tiles of the two :func:`grid_row` pictures, left to right.
+GRID_PARTS: tuple[tuple[str, ...], ...] = (("image", "ground truth", "A", "B"), ("errors A", "errors B"))
+GRID_COLUMNS: tuple[str, ...] = tuple(t for part in GRID_PARTS for t in part)
+_GRID = lru(256)
+
+
+def _blend(image: np.ndarray, colours: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """``image`` [H, W, 3] under ``colours`` [K, H, W, 3] with per-pixel ``alpha`` [K, H, W] → uint8 [K, H, W, 3]."""
+    a = alpha[..., None].astype(np.float32)
+    return (image[None].astype(np.float32) * (1.0 - a) + colours.astype(np.float32) * a + 0.5).astype(np.uint8)
+
+
+def _side_by_side(tiles: Sequence[np.ndarray], gap: int) -> np.ndarray:
+    spacer = np.full((tiles[0].shape[0], int(gap), 3), 255, dtype=np.uint8)
+    parts = [t if i == 0 else np.concatenate([spacer, t], axis=1) for i, t in enumerate(tiles)]
+    return readonly(np.concatenate(parts, axis=1))
+
+
+def grid_row(pa: ScenePrediction, pb: ScenePrediction, opacity: float, classes: Sequence[int] | None = None,
+             gap: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """One domain of the Compare grid as two pictures (:data:`GRID_PARTS`, tiles ``gap`` white
+    pixels apart): the same pixels as :func:`npdg.viz.overlay` and :func:`npdg.explain.error_overlay`."""
+    from npdg.explain import error_colors
+    from npdg.labels import IGNORE, PALETTE
+
+    op = float(np.clip(opacity, 0.0, 1.0))
+    keep = np.zeros(256, dtype=bool)
+    keep[list(range(256)) if classes is None else [c for c in classes if 0 <= c < 256]] = True
+    keep[IGNORE] = False
+    lab = np.clip(np.stack([pa.label, pa.pred, pb.pred]).astype(np.int64), 0, 255)
+    shown = _blend(pa.image, PALETTE[lab], op * keep[lab])
+    errs = [p.error for p in (pa, pb)]
+    errors = _blend(pa.image, np.stack([error_colors(e) for e in errs]), np.stack([op * (e.tp | e.fp | e.fn) for e in errs]))
+    return _side_by_side([pa.image, *shown], gap), _side_by_side(list(errors), gap)
+
+
+def grid_rows(ref_a: ModelRef, ref_b: ModelRef, *, split: str = "val", index: int = 0,
+              domains: Sequence[str] | None = None, size: tuple[int, int] = DEFAULT_SIZE,
+              class_id: int | None = None, opacity: float = 0.6, classes: Sequence[int] | None = None,
+              gap: int = 4) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+    """:func:`grid_row` for every domain of scene ``(split, index)``, A = ``ref_a``, B = ``ref_b``
+    (read-only; cached by both models, the scene, the class, the opacity and the shown classes)."""
+    doms = tuple(DOMAIN_NAMES if domains is None else domains)
+    cls = None if classes is None else tuple(sorted({int(c) for c in classes}))
+    kw = dict(split=split, index=int(index), domains=doms, size=tuple(size), class_id=class_id)
+
+    def compute() -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+        pairs = zip(ref_scene_predictions(ref_a, **kw), ref_scene_predictions(ref_b, **kw))
+        return tuple(grid_row(pa, pb, opacity, cls, gap) for pa, pb in pairs)
+
+    key = (ref_a.key(), ref_b.key(), *kw.values(), round(float(opacity), 4), cls, int(gap))
+    return _GRID.get(key, compute)
 
 
 def scene_predictions(model_path: str | Path, *, split: str = "val", index: int = 0,
@@ -216,5 +276,5 @@ def ref_scores(ref: ModelRef, *, domains: Sequence[str] | None = None, split: st
     return table.copy(), per_class.copy()
 
 
-__all__ = ["DEFAULT_SIZE", "DOMAIN_COLUMNS", "ErrorMap", "ModelRef", "error_map", "error_overlay", "ModelScores", "ScenePrediction", "compare_models",
+__all__ = ["DEFAULT_SIZE", "DOMAIN_COLUMNS", "GRID_COLUMNS", "GRID_PARTS", "ErrorMap", "ModelRef", "grid_row", "grid_rows", "error_map", "error_overlay", "ModelScores", "ScenePrediction", "compare_models",
            "evaluate_model", "ref_predict_images", "ref_scene_predictions", "ref_scores", "scene_predictions"]

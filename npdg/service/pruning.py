@@ -157,13 +157,50 @@ class MaskedPrediction:
         return float((self.dense != self.pruned).mean())
 
 
+#: A plan that removes at least this share of the FLOPs is evaluated on a physically pruned copy of
+#: the model (cheaper per forward than the soft-masked dense one from about this point; the copy is
+#: built in ~0.1 s for R18 and gives the same outputs, tested to 1e-4; break-even measured at ~0.2).
+PHYSICAL_MIN_SAVING = 0.2
+_PRUNED_COPIES = lru(2)
+
+
+def _pruned_copy(model, plan: PruningPlan):
+    """A physically pruned copy of ``model`` for ``plan`` (cached), or None where soft masks are cheaper.
+
+    The shared model is never modified: ``prune_model`` works on a deep copy. Called outside
+    inference mode (torch-pruning traces with autograd).
+    """
+    cost = _plan_cost(model, plan, (512, 1024))
+    if 1.0 - cost.gflops_ratio < PHYSICAL_MIN_SAVING:
+        return None
+
+    def compute():
+        import torch
+
+        from npdg.pruning.physical import prune_model
+
+        with torch.no_grad():
+            pruned = prune_model(model, plan)
+        return model, pruned.to(memory_format=torch.channels_last).eval()
+
+    owner, pruned = _PRUNED_COPIES.get((id(model), plan_hash(plan)), compute)
+    return pruned if owner is model else compute()[1]
+
+
 def soft_logits(model, plan: PruningPlan | None, images):
+    """Logits of ``model`` on ``images`` with ``plan`` applied: soft masks on the shared model
+    (:func:`npdg.pruning.soft.soft_forward`) for small plans, a physically pruned copy for plans
+    that save at least :data:`PHYSICAL_MIN_SAVING` of the FLOPs — the same numbers either way."""
     import torch
 
     from npdg.pruning.soft import soft_forward
 
+    if plan is None or plan.is_empty:
+        with torch.inference_mode():
+            return model(images)
+    pruned = _pruned_copy(model, plan)
     with torch.inference_mode():
-        return model(images) if plan is None or plan.is_empty else soft_forward(model, plan, images)
+        return pruned(images) if pruned is not None else soft_forward(model, plan, images)
 
 
 def masked_predictions(
