@@ -14,7 +14,7 @@ import streamlit as st
 
 from app import components, state
 from app.before_after import before_after, data_url
-from app.models import model_options, model_path
+from app.models import model_options, model_path, your_model
 from npdg.service import compare, data, pruning, uploads
 from npdg.service.data import CLASS_NAMES, DOMAIN_NAMES, DOMAIN_ROLES, SPLIT_LENGTHS
 
@@ -29,6 +29,10 @@ st.markdown(
     "chosen class."
 )
 
+own = your_model()  # sidebar: upload a checkpoint or point at a run folder → it becomes model B once
+if own is not None and st.session_state.get("_cmp_last_own") != own:
+    st.session_state["_cmp_last_own"] = own
+    st.session_state["b"] = own
 options = model_options()
 plan_from_prune = st.session_state.get(PLAN_STATE)
 if plan_from_prune is not None:
@@ -80,17 +84,28 @@ else:
     scene, domains = 0, []
     file = d2.file_uploader("Image (PNG/JPEG)", type=list(uploads.IMAGE_TYPES), key="compare_upload",
                             max_upload_size=uploads.MAX_UPLOAD_MB, help="Any size or mode; run with the long side ≤ 256 px.")
+    label_file = d3.file_uploader("Its label (PNG, optional)", type=["png"], key="compare_label",
+                                  max_upload_size=uploads.MAX_UPLOAD_MB,
+                                  help="The ground truth of this image, same size. Without one: predictions only.")
+    label_kind = d3.radio("The label holds", list(uploads.LABEL_KINDS), key="label_kind", horizontal=True,
+                          format_func=lambda k: {"train": "train ids", "cityscapes": "Cityscapes ids",
+                                                 "color": "Cityscapes colours"}[k],
+                          help="\n".join(f"- **{k}**: {v}" for k, v in uploads.LABEL_KINDS.items()))
     if file is None:
         st.info("Upload an image — or switch back to a synthetic scene.")
         st.stop()
     try:
         decoded = uploads.read_image(file.getvalue(), file.name)
+        upload = uploads.fit(decoded.image, uploads.working_size(*decoded.image.shape[:2]))
+        upload_label = None if label_file is None else uploads.read_label(
+            label_file.getvalue(), label_file.name, decoded.image.shape[:2], label_kind, also=decoded.original_size)
     except Exception as exc:
         components.error_box(exc)
         st.stop()
-    upload = uploads.fit(decoded.image, uploads.working_size(*decoded.image.shape[:2]))
     st.caption(f"**{decoded.name}**: " + "; ".join([*decoded.notes, f"run at {upload.shape[1]}×{upload.shape[0]}"])
-               + ". No label: predictions only, no errors or metrics.")
+               + (". No label: predictions only, no errors or metrics." if upload_label is None else
+                  f". Label **{label_file.name}** ({label_kind}), brought to the working size nearest-neighbour: "
+                  "errors and IoU are measured there."))
 
 def _class_from_click() -> None:
     """A *new* click on a bar of the per-class chart picks its class (before the selectbox exists)."""
@@ -133,18 +148,25 @@ except Exception as exc:
 # ------------------------------------------------------------------------------------- your image
 if upload is not None:
     try:
-        pa, pb = (compare.ref_predict_images(r, upload[None])[0] for r in (ref_a, ref_b))
+        pa, pb = (compare.upload_prediction(r, upload, upload_label, class_id) for r in (ref_a, ref_b))
     except Exception as exc:
         components.error_box(exc)
         st.stop()
-    ov_a, ov_b = _overlay(upload, pa), _overlay(upload, pb)
-    cols = st.columns(3)
-    cols[0].image(upload, caption="your image", width="stretch", output_format="JPEG")
-    cols[1].image(ov_a, caption=f"A: {ref_a.label}", width="stretch", output_format="JPEG")
-    cols[2].image(ov_b, caption=f"B: {ref_b.label}", width="stretch", output_format="JPEG")
+    ov_a, ov_b = _overlay(upload, pa.pred), _overlay(upload, pb.pred)
+    if upload_label is None:
+        cols = st.columns(3)
+        cols[0].image(upload, caption="your image", width="stretch", output_format="JPEG")
+        cols[1].image(ov_a, caption=f"A: {ref_a.label}", width="stretch", output_format="JPEG")
+        cols[2].image(ov_b, caption=f"B: {ref_b.label}", width="stretch", output_format="JPEG")
+    else:
+        pictures = compare.grid_row(pa, pb, opacity, show_ids)
+        for titles, picture in zip(compare.GRID_PARTS, pictures):
+            st.image(picture, caption=" | ".join(titles), width="stretch", output_format="JPEG")
+        st.markdown(f"**mIoU on your image** (classes in label or prediction): A {100 * pa.miou:.1f} · "
+                    f"B {100 * pb.miou:.1f}")
     before_after(ov_a if view == "A vs B" else upload, ov_b if view == "A vs B" else ov_a,
                  "A" if view == "A vs B" else "image", "B" if view == "A vs B" else "A", key="ba_upload")
-    st.caption(f"The two predictions differ on {100 * float((pa != pb).mean()):.1f} % of the pixels.")
+    st.caption(f"The two predictions differ on {100 * float((pa.pred != pb.pred).mean()):.1f} % of the pixels.")
     st.stop()
 
 if not domains:

@@ -107,3 +107,38 @@ def test_your_own_image_without_a_label():
     assert any("greyscale" in c.value and "No label" in c.value for c in at.caption)
     at.file_uploader(key="compare_upload").upload("notes.png", b"plain text, not an image", "image/png").run()
     assert not at.exception and len(at.error) == 1 and "notes.png" in at.error[0].value
+
+
+def test_your_own_image_with_its_label_and_a_label_that_does_not_fit():
+    at = _open()
+    at.radio(key="input").set_value("Your image").run()
+    at.file_uploader(key="compare_upload").upload("street.png", _png("RGB"), "image/png").run()
+    label = np.full((200, 300), 2, np.uint8)  # building everywhere (train ids)
+    label[150:] = 0
+    buf = io.BytesIO()
+    Image.fromarray(label).save(buf, format="PNG")
+    at.file_uploader(key="compare_label").upload("street_label.png", buf.getvalue(), "image/png").run()
+    assert not at.exception and not at.error
+    assert _images(at) == 2  # image | label | A | B, and errors A | errors B
+    assert any("mIoU on your image" in m.value for m in at.markdown)
+    assert any("street_label.png" in c.value and "nearest-neighbour" in c.value for c in at.caption)
+    small = io.BytesIO()
+    Image.fromarray(label[:100]).save(small, format="PNG")
+    at.file_uploader(key="compare_label").upload("other.png", small.getvalue(), "image/png").run()
+    assert not at.exception and len(at.error) == 1 and "300×100" in at.error[0].value
+
+
+def test_an_uploaded_checkpoint_becomes_model_b_and_a_pickle_is_refused(dashboard_cache):
+    import torch
+
+    at = _open()
+    buf = io.BytesIO()
+    torch.save({"w": torch.zeros(2)}, buf)
+    at.sidebar.file_uploader(key="ckpt_upload").upload("model.pt", buf.getvalue(), "application/octet-stream").run()
+    assert not at.exception and len(at.error) == 1 and "pickle" in at.error[0].value
+    assert at.selectbox(key="b").value == "zoo:r18-npdg"
+    data = (zoo.ZOO_DIR / "r18-dsp" / "model.safetensors").read_bytes()
+    at.sidebar.file_uploader(key="ckpt_upload").upload("mine.safetensors", data, "application/octet-stream").run()
+    assert not at.exception and not at.error
+    assert at.selectbox(key="b").value.startswith("up:") and _images(at) == 2 * len(DOMAIN_NAMES)
+    assert any("stored as" in s.value for s in at.sidebar.success)

@@ -9,7 +9,11 @@ never hand out an object that a caller could mutate for everyone:
 * :mod:`npdg.service.sensitivity` — sensitivity tables: load, probe (DSP or held-out renderings), re-mix λ;
 * :mod:`npdg.service.pruning` — plans from a criterion, their cost, soft-masked predictions and mIoU;
 * :mod:`npdg.service.compare` — models evaluated on named synthetic domains, per-scene error maps;
-* :mod:`npdg.service.explain` — activation atlases of one unit layer.
+* :mod:`npdg.service.explain` — activation atlases of one unit layer;
+* :mod:`npdg.service.checkpoints` — your own models: uploaded checkpoints and run folders;
+* :mod:`npdg.service.uploads` — your own images and labels.
+
+:class:`NpdgError` is re-exported: the one exception type whose message pages show as it is.
 
 This module holds what they share: ONE engine lock (:data:`ENGINE_LOCK`, re-entrant) that every
 function adding hooks to a shared model or using the accelerator takes (:func:`engine`), a busy flag
@@ -31,6 +35,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
+
+from npdg.errors import NpdgError
 
 T = TypeVar("T")
 
@@ -223,6 +229,6 @@ def shared_dsp(path: str | Path):
 
 
 __all__ = [
-    "DeviceInfo", "ENGINE_LOCK", "LRU", "array_key", "clear_caches", "device_info", "engine", "engine_device",
+    "DeviceInfo", "ENGINE_LOCK", "LRU", "NpdgError", "array_key", "clear_caches", "device_info", "engine", "engine_device",
     "file_key", "is_busy", "lru", "model_key", "readonly", "shared_dsp", "shared_model",
 ]

@@ -184,6 +184,20 @@ def ref_scene_predictions(ref: ModelRef, *, split: str = "val", index: int = 0, 
     return _REF_PRED.get(key, compute)
 
 
+def upload_prediction(ref: ModelRef, image: np.ndarray, label: np.ndarray | None = None,
+                      class_id: int | None = None, name: str = "your image") -> ScenePrediction:
+    """Your image (uint8 ``[H, W, 3]`` at its working size) predicted by ``ref``; with ``label``
+    (train ids, any size) the label is brought to the image's size nearest-neighbour and the error
+    map is drawn against it. Without one the label is all ignore (no errors, no metric)."""
+    from npdg.service.uploads import fit_label
+
+    pred = ref_predict_images(ref, np.asarray(image)[None])[0]
+    h, w = pred.shape
+    lab = np.full((h, w), 255, np.uint8) if label is None else fit_label(label, (h, w))
+    return ScenePrediction(name, "upload", "upload", 0, readonly(np.array(image)), readonly(lab), pred,
+                           error_map(pred, lab, class_id))
+
+
 #: Tiles of the two :func:`grid_row` pictures, left to right.
 GRID_PARTS: tuple[tuple[str, ...], ...] = (("image", "ground truth", "A", "B"), ("errors A", "errors B"))
 GRID_COLUMNS: tuple[str, ...] = tuple(t for part in GRID_PARTS for t in part)
@@ -276,5 +290,5 @@ def ref_scores(ref: ModelRef, *, domains: Sequence[str] | None = None, split: st
     return table.copy(), per_class.copy()
 
 
-__all__ = ["DEFAULT_SIZE", "DOMAIN_COLUMNS", "GRID_COLUMNS", "GRID_PARTS", "ErrorMap", "ModelRef", "grid_row", "grid_rows", "error_map", "error_overlay", "ModelScores", "ScenePrediction", "compare_models",
+__all__ = ["DEFAULT_SIZE", "DOMAIN_COLUMNS", "GRID_COLUMNS", "GRID_PARTS", "ErrorMap", "ModelRef", "grid_row", "grid_rows", "upload_prediction", "error_map", "error_overlay", "ModelScores", "ScenePrediction", "compare_models",
            "evaluate_model", "ref_predict_images", "ref_scene_predictions", "ref_scores", "scene_predictions"]

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from npdg.errors import DataError
+from npdg.service import readonly
 
 #: Images above this many pixels are downscaled on upload (about 4 megapixels).
 MAX_UPLOAD_PIXELS = 4_000_000
@@ -106,6 +107,62 @@ def read_image(data: bytes, name: str = "upload", max_pixels: int | None = None)
     return UploadedImage(name, arr, original, tuple(notes))
 
 
+#: What the pixel values of an uploaded label PNG mean.
+LABEL_KINDS: dict[str, str] = {
+    "train": "train ids 0–18, 255 = ignore (what npdg and most Cityscapes pipelines train on)",
+    "cityscapes": "Cityscapes label ids 0–33 (the *_labelIds.png files), mapped to train ids",
+    "color": "Cityscapes colours (the *_color.png files), mapped to train ids",
+}
+
+
+def read_label(data: bytes, name: str, size: tuple[int, int], kind: str = "train", also: tuple[int, int] | None = None) -> np.ndarray:
+    """Decode an uploaded label PNG for an image of ``size`` (H, W, as uploaded) → uint8 train ids.
+
+    ``kind`` (:data:`LABEL_KINDS`) says what the pixels hold. The label must have exactly the
+    image's size — ``size``, or ``also`` (the size the file had before the upload was downscaled)
+    — and is never resized here; one channel for ids; any other value than the kind allows is
+    refused with the offending values named.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    from npdg.labels import IGNORE, NUM_CLASSES, decolorize, ids_to_train_ids
+
+    if kind not in LABEL_KINDS:
+        raise DataError(f"label kind must be one of {', '.join(LABEL_KINDS)}, got {kind!r}")
+    if not data:
+        raise DataError(f"{name}: the file is empty")
+    try:
+        img = Image.open(io.BytesIO(data))
+        if img.format != "PNG":
+            raise DataError(f"{name}: labels must be PNG (lossless), got {img.format or 'an unknown format'}")
+        img.load()
+    except DataError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"{name}: cannot decode the label ({exc})") from None
+    if (img.height, img.width) not in (tuple(size), tuple(also or size)):
+        raise DataError(f"{name}: the label is {img.width}×{img.height} but the image is {size[1]}×{size[0]}; "
+                        "upload the label that belongs to this image (labels are never resized)")
+    if kind == "color":
+        try:
+            return readonly(decolorize(np.asarray(img.convert("RGB"), dtype=np.uint8)).astype(np.uint8))
+        except ValueError as exc:
+            raise DataError(f"{name}: {exc}") from None
+    if img.mode not in ("L", "P", "I", "I;16", "I;16B", "I;16L"):
+        raise DataError(f"{name}: a {img.mode} image; an id label has one channel (mode L or P)")
+    arr = np.asarray(img).astype(np.int64)
+    if kind == "cityscapes":
+        bad = np.unique(arr[(arr < 0) | ((arr > 33) & (arr != 255))])  # -1 'license plate' is stored as 255
+        if bad.size:
+            raise DataError(f"{name}: values {bad[:5].tolist()} are no Cityscapes label ids (0–33)")
+        return readonly(ids_to_train_ids(arr).astype(np.uint8))
+    bad = np.unique(arr[(arr >= NUM_CLASSES) & (arr != IGNORE)])
+    if bad.size or arr.min() < 0:
+        hint = " — Cityscapes label ids? choose that kind" if bad.size and bad.max() <= 33 else ""
+        raise DataError(f"{name}: values {bad[:5].tolist()} are no train ids (0–{NUM_CLASSES - 1}, {IGNORE} = ignore){hint}")
+    return readonly(arr.astype(np.uint8))
+
+
 def _exif_orientation(img) -> int | None:
     try:
         return img.getexif().get(0x0112)
@@ -136,5 +193,17 @@ def fit(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(np.asarray(image)).resize((w, h), Image.Resampling.BILINEAR), dtype=np.uint8).copy()
 
 
-__all__ = ["IMAGE_TYPES", "MAX_UPLOAD_MB", "MAX_UPLOAD_PIXELS", "SIZE_MULTIPLE", "UploadedImage", "fit", "read_image",
+def fit_label(label: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A train-id ``label`` brought to ``size`` (H, W) nearest-neighbour (never blended: ids are
+    classes, not intensities); a new read-only uint8 array."""
+    from PIL import Image
+
+    lab = np.asarray(label, dtype=np.uint8)
+    h, w = size
+    if lab.shape != (h, w):
+        lab = np.asarray(Image.fromarray(lab).resize((w, h), Image.Resampling.NEAREST), dtype=np.uint8)
+    return readonly(np.array(lab))
+
+
+__all__ = ["IMAGE_TYPES", "fit_label", "LABEL_KINDS", "MAX_UPLOAD_MB", "read_label", "MAX_UPLOAD_PIXELS", "SIZE_MULTIPLE", "UploadedImage", "fit", "read_image",
            "working_size"]
