@@ -341,11 +341,40 @@ def _tab_export() -> None:
                     st.success(f"Saved {saved} — pick `run:{saved}` in the model panel.")
                 except Exception as exc:
                     components.error_box(exc)
-            st.markdown("Fine-tune it (a separate process with its own threads, never inside the dashboard):")
-            thr = f" --threshold {settings['threshold']:g} --max-rate {rate:g}" if settings["threshold"] else f" --rate {rate:g}"
-            st.code(f"python -m npdg prune --run {model.id} --out runs/{stem}-ft --criterion {criterion}{thr} "
-                    f"--round-to {int(round_to)} --max-layer-ratio {cap:g} --units {units} --finetune-iters 200",
-                    language="bash")
+            _finetune(stem)
+
+
+def _finetune(stem: str) -> None:
+    """Fine-tune the plan in a separate process (``npdg prune``), followed like every other job."""
+    import os
+
+    st.markdown("**Fine-tune it** — `npdg prune` in a separate process with its own threads (never inside the "
+                "dashboard), from the dense model with the same plan, into a new run under `runs/`.")
+    f1, f2, f3 = st.columns([2, 1, 1], vertical_alignment="bottom")
+    name = f1.text_input("New run (runs/NAME)", f"{stem}-ft", key="ft_name", max_chars=64)
+    iters = f2.number_input("Iterations", 1, 100_000, 200, 50, key="ft_iters",
+                            help="Fine-tuning iterations (DSP batches when the zoo's DSP is there).")
+    cpus = max(1, os.cpu_count() or 1)
+    threads = f3.number_input("Threads", 1, cpus, max(1, cpus - 1), 1, key="ft_threads",
+                              help="CPU threads of the fine-tuning process; leave one for the dashboard.")
+    ft = dict(criterion=criterion, rate=rate, threshold=settings["threshold"], round_to=int(round_to),
+              max_layer_ratio=cap, seed=int(settings.get("seed", 0)), units=units)
+    with st.expander("The same as a command"):
+        st.code(" ".join(pruning.finetune_command(model.path, f"runs/{name}", iters=int(iters), **ft)[1:])
+                .replace(" -m npdg", "python -m npdg", 1), language="bash")
+    status = pruning.finetune_job(model.path, name, iters=int(iters), threads=int(threads), lookup_only=True, **ft)
+    if status is None and st.button("Fine-tune in the background", key="ft_go"):
+        try:
+            status = pruning.finetune_job(model.path, name, iters=int(iters), threads=int(threads), **ft)
+        except Exception as exc:
+            components.error_box(exc)
+    if status is not None and status.state == "running" and st.button("Stop fine-tuning", key="ft_stop"):
+        pruning.stop_finetune(status)
+    if jobs_ui.follow(status, "Fine-tuning", retry_key="ft_retry", unit="iterations"):
+        folder = pruning.finetune_dir(status)
+        st.success(f"Fine-tuned into `{folder}` — pick `run:{folder}` in the model panel, or compare it with the "
+                   "dense model on the Compare page.")
+
 
 components.lazy_tabs({"What-if": _tab_now, "mIoU vs rate": _tab_curves, "Per layer": _tab_layers,
                       "Export": _tab_export})  # only the open tab is computed and drawn

@@ -119,6 +119,11 @@ def test_curves_per_layer_and_export_run_in_the_background(tmp_path, monkeypatch
     assert (tmp_path / "runs" / "my-pruned" / "pruning_plan.json").is_file()
     at.button(key="export_save").click().run()  # again: refused, nothing overwritten
     assert any("already exists" in e.value for e in at.error)
+    # fine-tuning: the same plan as a command, launched in a separate process (tests/test_service_pruning.py)
+    assert any("--sparse-iters 0" in c.value and "--finetune-iters 200" in c.value for c in at.code)
+    at.text_input(key="ft_name").set_value("bad name!").run()
+    at.button(key="ft_go").click().run()
+    assert not at.exception and any("a run name is" in e.value for e in at.error)
 
 
 @pytest.mark.parametrize("query", [{"rate": "0.95"}, {"rate": "nan"}, {"crit": "bogus"}, {"n": "3"}, {"thr": "-inf"}])

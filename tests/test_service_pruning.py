@@ -158,3 +158,38 @@ def test_export_equals_the_what_if_and_saves_as_a_run(assets, tmp_path, dashboar
             pr.save_as_run(folder, bad, root=tmp_path / "runs")
     with pytest.raises(ConfigError, match="proxy"):
         pr.export_job(run, criterion="sensitivity", rate=0.3)
+
+
+def test_finetuning_runs_in_a_separate_process_with_progress_and_can_be_stopped(assets, tmp_path, dashboard_cache):
+    from npdg.service import jobs
+
+    run, _ = assets
+    (run / "config.yaml").write_text("model:\n  arch: deeplabv3plus\n  encoder: resnet18\n  num_classes: 19\n"
+                                     "data:\n  size: [64, 128]\ntrain:\n  mode: erm\n  iters: 10\n  batch_size: 2\n")
+    settings = dict(criterion="l1norm", rate=0.3)
+    cmd = pr.finetune_command(run, tmp_path / "x", iters=3, **settings)
+    assert cmd[1:4] == ["-m", "npdg", "prune"] and "--sparse-iters" in cmd and cmd[cmd.index("--finetune-iters") + 1] == "3"
+    seen = []
+    status = pr.finetune_job(run, "ft", iters=3, threads=1, root=tmp_path, **settings)
+    while jobs.status(status.key).state == "running":
+        seen.append(jobs.status(status.key).done)
+        import time
+
+        time.sleep(0.2)
+    final = jobs.status(status.key)
+    assert final.state == "done", final.error
+    folder = pr.finetune_dir(final)
+    assert folder == tmp_path / "ft" and (folder / "model.safetensors").is_file() and (folder / "pruning_plan.json").is_file()
+    assert final.total == 3 and max(seen) >= 1  # the progress bar of the child process reached the page
+    with pytest.raises(ConfigError, match="already exists"):
+        pr.finetune_job(run, "ft", iters=3, threads=1, root=tmp_path, **settings)
+    with pytest.raises(ConfigError, match="threads"):
+        pr.finetune_job(run, "ft2", iters=3, threads=999, root=tmp_path, **settings)
+    long = pr.finetune_job(run, "ft-long", iters=5000, threads=1, root=tmp_path, **settings)
+    import time
+
+    deadline = time.time() + 120
+    while not pr.stop_finetune(long) and time.time() < deadline:
+        time.sleep(0.2)
+    stopped = jobs.wait(long.key, 120)
+    assert stopped.state == "failed" and "exited with" in stopped.error

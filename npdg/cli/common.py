@@ -8,6 +8,7 @@ traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -51,17 +52,26 @@ def add_model_source_options(
         which.add_argument(flag, **kwargs)
 
 
+#: ``NPDG_PROGRESS=lines``: progress as plain ``progress DONE/TOTAL`` lines on stderr instead of a bar
+#: (how the dashboard follows a command it launched in a separate process).
+PROGRESS_ENV = "NPDG_PROGRESS"
+
+
 def progress_bar(desc: str, unit: str = "it", enabled: bool = True, total: int = 0,
                  initial: int = 0) -> tuple[tqdm, Callable[[int, int], None]]:
     """THE progress bar of the CLI: a tqdm bar on stderr and its ``progress(done, total)`` callback.
 
     Off with ``--no-progress`` or when stderr is not a terminal (so logs of scripted runs hold
-    results, not carriage-return bars).
+    results, not carriage-return bars); with :data:`PROGRESS_ENV` ``=lines`` one line per step.
     """
+    lines = enabled and os.environ.get(PROGRESS_ENV) == "lines"
     bar = tqdm(total=total, initial=initial, unit=unit, desc=desc, dynamic_ncols=True, leave=False, file=sys.stderr,
-               disable=None if enabled else True)
+               disable=True if lines or not enabled else None)
 
     def update(done: int, total: int) -> None:
+        if lines:
+            print(f"progress {int(done)}/{int(total)}", file=sys.stderr, flush=True)
+            return
         if bar.total != total:
             bar.total = total
             bar.refresh()

@@ -17,6 +17,7 @@ version, plan hash and settings.
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -614,17 +615,22 @@ def export_zip(folder: str | Path) -> bytes:
     return buf.getvalue()
 
 
-def save_as_run(folder: str | Path, name: str, root: str | Path = "runs") -> Path:
-    """Copy an exported run to ``root/name`` (a new folder; an existing one is refused, nothing is
-    overwritten), so ``npdg eval`` / ``cost`` and the dashboard's model panel accept it."""
-    import re
-    import shutil
-
+def _new_run(name: str, root: str | Path) -> Path:
+    """``root/name`` for a new run: the name checked, an existing folder refused (nothing is overwritten)."""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name or ""):
         raise ConfigError(f"a run name is 1–64 letters, digits, '.', '_' or '-' (not starting with a dot), got {name!r}")
     dst = Path(root) / name
     if dst.exists():
         raise ConfigError(f"{dst} already exists: choose another name (nothing was overwritten)")
+    return dst
+
+
+def save_as_run(folder: str | Path, name: str, root: str | Path = "runs") -> Path:
+    """Copy an exported run to ``root/name`` (a new folder; an existing one is refused, nothing is
+    overwritten), so ``npdg eval`` / ``cost`` and the dashboard's model panel accept it."""
+    import shutil
+
+    dst = _new_run(name, root)
     tmp = Path(root) / f".{name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(folder, tmp)
@@ -632,8 +638,107 @@ def save_as_run(folder: str | Path, name: str, root: str | Path = "runs") -> Pat
     return dst
 
 
+# ==================================================================================================
+# fine-tuning: the prune recipe in a separate process
+# ==================================================================================================
+_PROGRESS = re.compile(rb"progress (\d+)/(\d+)")
+_PROCESSES: dict[str, object] = {}
+
+
+def finetune_command(model_path: str | Path, out: str | Path, *, criterion: str, rate: float,
+                     threshold: float | None = None, round_to: int = DEFAULT_ROUND_TO,
+                     max_layer_ratio: float = DEFAULT_MAX_LAYER_RATIO, seed: int = 0, units: str = "all",
+                     iters: int = 200) -> list[str]:
+    """The ``npdg prune`` command line that prunes ``model_path`` as the page's settings say (γ as
+    they are: ``--sparse-iters 0``) and fine-tunes the result ``iters`` iterations into ``out``."""
+    import sys
+
+    if not 1 <= int(iters) <= 100_000:
+        raise ConfigError(f"fine-tuning iterations must be in 1..100000, got {iters}")
+    sel = ["--threshold", f"{float(threshold):g}", "--max-rate", f"{float(rate):g}"] if threshold is not None \
+        else ["--rate", f"{float(rate):g}"]
+    return [sys.executable, "-m", "npdg", "prune", "--run", str(model_path), "--out", str(out), "--criterion", criterion,
+            *sel, "--round-to", str(int(round_to)), "--max-layer-ratio", f"{float(max_layer_ratio):g}", "--seed",
+            str(int(seed)), "--units", units, "--sparse-iters", "0", "--finetune-iters", str(int(iters))]
+
+
+def finetune_job(model_path: str | Path, name: str, *, iters: int = 200, threads: int = 1, root: str | Path = "runs",
+                 lookup_only: bool = False, **settings):
+    """Fine-tune the page's plan as a background job: :func:`finetune_command` in a **separate
+    process** with ``threads`` CPU threads (``OMP_NUM_THREADS``), never inside the dashboard
+    process, into the new run ``root/name``. Progress comes from the command's progress lines; the
+    result is the run folder. :func:`stop_finetune` ends it (the folder is then incomplete and the
+    job failed)."""
+    import os
+
+    if not 1 <= int(threads) <= max(1, os.cpu_count() or 1):
+        raise ConfigError(f"threads must be in 1..{os.cpu_count()}, got {threads}")
+    parts = ("finetune", model_key(model_path), str(Path(root) / name), int(iters), int(threads),
+             tuple(sorted(settings.items())))
+    label = f"fine-tuning {name} ({int(iters)} iterations, {int(threads)} thread{'s' if int(threads) > 1 else ''})"
+    if lookup_only:
+        return jobs.lookup(parts, _FINETUNE_STORE, label)
+    out = _new_run(name, root)
+    cmd = finetune_command(model_path, out, iters=iters, **settings)
+    key = jobs.job_key(parts)
+
+    def compute(progress) -> Path:
+        import subprocess
+
+        env = {**os.environ, "OMP_NUM_THREADS": str(int(threads)), "MKL_NUM_THREADS": str(int(threads)),
+               "NPDG_PROGRESS": "lines"}  # npdg.cli.common.PROGRESS_ENV: one "progress DONE/TOTAL" line per step
+        log_path = jobs.cache_dir() / "finetune" / f"{key}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                                    cwd=Path(__file__).resolve().parents[2])
+            _PROCESSES[key] = proc
+            try:
+                for chunk in iter(lambda: proc.stdout.read1(4096), b""):
+                    log.write(chunk)
+                    log.flush()
+                    found = _PROGRESS.findall(chunk)
+                    if found:
+                        done, total = (int(v) for v in found[-1])
+                        progress(min(done, total), max(total, 1))
+                rc = proc.wait()
+            finally:
+                _PROCESSES.pop(key, None)
+        if rc != 0:
+            tail = log_path.read_bytes().decode("utf-8", "replace").replace("\r", "\n").strip().splitlines()[-3:]
+            raise RuntimeError(f"npdg prune exited with {rc}: " + " / ".join(tail) + f" (log: {log_path})")
+        return out
+
+    return jobs.submit(parts, compute, label=label, store=_FINETUNE_STORE)
+
+
+def finetune_dir(status) -> Path | None:
+    """The run folder of a finished :func:`finetune_job`, or None."""
+    return None if status is None else jobs.result(status.key)
+
+
+def stop_finetune(status) -> bool:
+    """End a running :func:`finetune_job`'s process; True if there was one."""
+    proc = None if status is None else _PROCESSES.get(status.key)
+    if proc is None:
+        return False
+    proc.terminate()
+    return True
+
+
+def _load_run_marker(path: Path) -> Path:
+    folder = Path(path.read_text().strip())
+    if not (folder / "model.safetensors").is_file():
+        raise FileNotFoundError(f"the fine-tuned run {folder} is gone")
+    return folder
+
+
+_FINETUNE_STORE = jobs.Store("finetune-index", ".path", _save_marker, _load_run_marker)
+
+
 __all__ = ["CURVE_COLUMNS", "CURVE_RATES", "DEFAULT_SIZE", "DROP_CHOICES", "EXPORT_FILES", "LAYER_COLUMNS",
            "LAYER_RATES", "SHIPPED_CURVES", "CurvePair", "MaskedPrediction", "ModelFacts", "confusions", "criteria",
-           "curve_job", "curve_pairs", "curve_settings", "export_dir", "export_job", "export_zip", "job_frame",
+           "curve_job", "curve_pairs", "curve_settings", "export_dir", "export_job", "export_zip", "finetune_command",
+           "finetune_dir", "finetune_job", "job_frame", "stop_finetune",
            "layer_curves_job", "masked_miou", "masked_predictions", "model_facts", "plan_cost", "plan_table",
            "prunable_groups", "save_as_run", "scene_set", "select_plan", "shipped_curves", "soft_logits", "what_if"]
