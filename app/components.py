@@ -53,3 +53,37 @@ def teaching_notes(text: str) -> None:
     """The page's "What am I looking at?" expander (markdown), the same on every page."""
     with st.expander("What am I looking at? (teaching notes)"):
         st.markdown(text)
+
+
+#: At most this many drill-down links under a selection.
+MAX_LINKS = 8
+
+
+def selected_units(key: str, layer: str) -> list[int]:
+    """Units picked (click, box or lasso) in the plotly scatter ``key`` while it showed ``layer``
+    (points carry ``customdata = [unit, layer, ...]``, see :func:`app.figures.unit_scatter`)."""
+    event = st.session_state.get(key) or {}
+    points = (event.get("selection") or {}).get("points") or []
+    units = []
+    for pt in points:
+        data = pt.get("customdata") if isinstance(pt, dict) else None
+        if isinstance(data, list | tuple) and len(data) >= 2 and str(data[1]) == layer:
+            units.append(int(data[0]))
+    return sorted(set(units))
+
+
+def unit_links(model_id: str, layer: str, units: list[int], hint: str, **extra: str) -> None:
+    """Links to the Unit page for ``units`` of ``layer`` (at most :data:`MAX_LINKS`), or ``hint``."""
+    from app import nav
+
+    if not units:
+        st.caption(hint)
+        return
+    shown = units[:MAX_LINKS]
+    more = f", first {MAX_LINKS} linked" if len(units) > MAX_LINKS else ""
+    st.markdown(f"**Selected units** ({len(units)}{more}) — open one in the drill-down (its maps in every domain, "
+                "top patches, partners):")
+    cols = st.columns(min(len(shown), 8))
+    for i, u in enumerate(shown):
+        cols[i % len(cols)].page_link(nav.page("unit"), label=f"unit {u}", icon="🔬",
+                                      query_params=nav.unit_link(model_id, layer, u, **extra))

@@ -145,3 +145,53 @@ def model_panel(default: str | None = None) -> ModelChoice | None:
             error_box(exc)
         return None
     return ModelChoice(choice, path, label, summary)
+
+
+PLAN_STATE = "_prune_plan"  # the Prune page leaves (model id, settings) here
+
+
+def pair_panel(default_a: str = "zoo:r18-erm", default_b: tuple[str, ...] = ("zoo:r18-npdg", "zoo:r18-dsp"),
+               help_a: str = "", help_b: str = ""):
+    """Models A and B side by side (``?a=&b=``): any model of :func:`model_options`, or the Prune
+    page's plan soft-masked on its model (``plan:…``). A checkpoint or folder given in the sidebar
+    becomes B once. Returns (ref A, ref B) as :class:`npdg.service.compare.ModelRef` — or None,
+    with a message, when there is no model or a plan does not fit."""
+    from npdg.service import compare, pruning
+
+    own = your_model()
+    if own is not None and st.session_state.get("_pair_last_own") != own:
+        st.session_state["_pair_last_own"] = own
+        st.session_state["b"] = own
+    options = model_options()
+    planned = st.session_state.get(PLAN_STATE)
+    if planned is not None:
+        base, settings = planned
+        pid = "plan:{}|{}|{:.2f}".format(base, settings["criterion"], settings["rate"])
+        options[pid] = (f"{base} pruned ({settings['criterion']}, r = {settings['rate']:.2f})",
+                        "the Prune page's plan, soft-masked")
+    if not options:
+        st.info("No model yet: build the zoo (`make zoo`) or train one.")
+        return None
+    ids = list(options)
+
+    def index(*wanted: str) -> int:
+        return next((ids.index(w) for w in wanted if w in ids), 0)
+
+    c1, c2 = st.columns(2)
+    a_id = c1.selectbox("Model A", ids, index=index(default_a), key="a", bind="query-params",
+                        help=help_a or "The first model.")
+    b_id = c2.selectbox("Model B", ids, index=index(*default_b), key="b", bind="query-params",
+                        help=help_b or "The second model. `plan:` = the Prune page's plan, soft-masked.")
+
+    def ref(model_id: str):
+        if model_id.startswith("plan:"):
+            base, settings = planned
+            plan = pruning.select_plan(model_path(base), **settings)
+            return compare.ModelRef(model_path(base), plan, options[model_id][0])
+        return compare.ModelRef(model_path(model_id), None, model_id)
+
+    try:
+        return ref(a_id), ref(b_id)
+    except Exception as exc:  # an evicted upload, a plan for another architecture
+        error_box(exc)
+        return None

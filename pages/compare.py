@@ -14,11 +14,11 @@ import streamlit as st
 
 from app import components, state
 from app.before_after import before_after, data_url
-from app.models import model_options, model_path, your_model
-from npdg.service import compare, data, pruning, uploads
+from app.inputs import your_image
+from app.models import pair_panel
+from npdg.service import compare, data
 from npdg.service.data import CLASS_NAMES, DOMAIN_NAMES, DOMAIN_ROLES, SPLIT_LENGTHS
 
-PLAN_STATE = "_prune_plan"  # the Prune page leaves (model id, settings) here
 ALL = "all classes (right / wrong)"
 
 st.title("Compare — two models, one scene, every domain")
@@ -29,42 +29,11 @@ st.markdown(
     "chosen class."
 )
 
-own = your_model()  # sidebar: upload a checkpoint or point at a run folder → it becomes model B once
-if own is not None and st.session_state.get("_cmp_last_own") != own:
-    st.session_state["_cmp_last_own"] = own
-    st.session_state["b"] = own
-options = model_options()
-plan_from_prune = st.session_state.get(PLAN_STATE)
-if plan_from_prune is not None:
-    pid = "plan:{}|{}|{:.2f}".format(plan_from_prune[0], plan_from_prune[1]["criterion"], plan_from_prune[1]["rate"])
-    options[pid] = (f"{plan_from_prune[0]} pruned ({plan_from_prune[1]['criterion']}, r = {plan_from_prune[1]['rate']:.2f})",
-                    "the Prune page's plan, soft-masked")
-if len(options) < 1:
-    st.info("No model yet: build the zoo (`make zoo`) or train one.")
+refs = pair_panel(help_a="Shown left of the split and in the 'A' columns.",
+                  help_b="Shown right of the split and in the 'B' columns. `plan:` = the Prune page's plan, soft-masked.")
+if refs is None:
     st.stop()
-ids = list(options)
-
-
-def _default(*wanted: str) -> int:
-    for w in wanted:
-        if w in ids:
-            return ids.index(w)
-    return 0
-
-
-c1, c2 = st.columns(2)
-a_id = c1.selectbox("Model A", ids, index=_default("zoo:r18-erm"), key="a", bind="query-params",
-                    help="Shown left of the split and in the 'A' columns.")
-b_id = c2.selectbox("Model B", ids, index=_default("zoo:r18-npdg", "zoo:r18-dsp"), key="b", bind="query-params",
-                    help="Shown right of the split and in the 'B' columns. `plan:` = the Prune page's plan, soft-masked.")
-
-
-def _ref(model_id: str) -> compare.ModelRef:
-    if model_id.startswith("plan:"):
-        base, settings = plan_from_prune
-        plan = pruning.select_plan(model_path(base), **settings)
-        return compare.ModelRef(model_path(base), plan, options[model_id][0])
-    return compare.ModelRef(model_path(model_id), None, model_id)
+ref_a, ref_b = refs
 
 
 INPUTS = ("Synthetic scene", "Your image")
@@ -82,30 +51,7 @@ if source == INPUTS[0]:
                                   + ". Plain names, so a link reads ?doms=source&doms=fog.")
 else:
     scene, domains = 0, []
-    file = d2.file_uploader("Image (PNG/JPEG)", type=list(uploads.IMAGE_TYPES), key="compare_upload",
-                            max_upload_size=uploads.MAX_UPLOAD_MB, help="Any size or mode; run with the long side ≤ 256 px.")
-    label_file = d3.file_uploader("Its label (PNG, optional)", type=["png"], key="compare_label",
-                                  max_upload_size=uploads.MAX_UPLOAD_MB,
-                                  help="The ground truth of this image, same size. Without one: predictions only.")
-    label_kind = d3.radio("The label holds", list(uploads.LABEL_KINDS), key="label_kind", horizontal=True,
-                          format_func=lambda k: {"train": "train ids", "cityscapes": "Cityscapes ids",
-                                                 "color": "Cityscapes colours"}[k],
-                          help="\n".join(f"- **{k}**: {v}" for k, v in uploads.LABEL_KINDS.items()))
-    if file is None:
-        st.info("Upload an image — or switch back to a synthetic scene.")
-        st.stop()
-    try:
-        decoded = uploads.read_image(file.getvalue(), file.name)
-        upload = uploads.fit(decoded.image, uploads.working_size(*decoded.image.shape[:2]))
-        upload_label = None if label_file is None else uploads.read_label(
-            label_file.getvalue(), label_file.name, decoded.image.shape[:2], label_kind, also=decoded.original_size)
-    except Exception as exc:
-        components.error_box(exc)
-        st.stop()
-    st.caption(f"**{decoded.name}**: " + "; ".join([*decoded.notes, f"run at {upload.shape[1]}×{upload.shape[0]}"])
-               + (". No label: predictions only, no errors or metrics." if upload_label is None else
-                  f". Label **{label_file.name}** ({label_kind}), brought to the working size nearest-neighbour: "
-                  "errors and IoU are measured there."))
+    upload, upload_label = your_image(d2, d3, "compare")
 
 def _class_from_click() -> None:
     """A *new* click on a bar of the per-class chart picks its class (before the selectbox exists)."""
@@ -138,11 +84,6 @@ show_ids = [CLASS_NAMES.index(c) for c in shown_classes]
 def _overlay(image, labels):
     return data.overlay(image, labels, opacity, classes=show_ids)
 
-try:
-    ref_a, ref_b = _ref(a_id), _ref(b_id)
-except Exception as exc:
-    components.error_box(exc)
-    st.stop()
 
 
 # ------------------------------------------------------------------------------------- your image

@@ -13,7 +13,7 @@ import streamlit as st
 
 from app import components, figures, heatmap
 from app import jobs as jobs_ui
-from app.models import model_panel
+from app.models import PLAN_STATE, model_panel  # the plan is offered as model B on Compare and Explain
 from npdg.service import pruning
 
 CRITERIA = ("npdg", "slimming", "l1norm", "random", "sensitivity")
@@ -25,7 +25,7 @@ CRITERION_HELP = {
     "sensitivity": "proxy: rank by the saved style-sensitivity table, most sensitive first — not NPDG",
 }
 UNITS = {"all": "filters and heads", "filters": "filters only", "heads": "heads only"}
-PLAN_STATE = "_prune_plan"  # read by the Compare page
+
 PAIR_COLOURS = ("#d62728", "#1f77b4", "#2ca02c", "#7f7f7f", "#9467bd", "#8c564b")
 
 st.title("Prune — what if these units were gone?")

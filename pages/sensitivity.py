@@ -11,7 +11,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import streamlit as st
 
-from app import components, figures, heatmap, nav
+from app import components, figures, heatmap
 from app import jobs as jobs_ui
 from app.models import model_panel
 from npdg.service import sensitivity as sens
@@ -21,7 +21,6 @@ SOURCES = {"DSP styles": "dsp", "held-out renderings (oracle)": "oracle"}
 HEATMAP_KEY = "sens_heatmap"
 TABLE_KEY = "sens_layers"
 SCATTER_KEY = "sens_scatter"
-MAX_LINKS = 8
 _SUBMITTED = "_sens_submitted"  # (model id, source) → (images, styles) of this session's last probe request
 _LAST_ROW = "_sens_last_row"  # the layer-table selection already applied
 _COMPUTED = "_sens_computed"  # (model id, source) → SensitivityResult probed in this session
@@ -172,33 +171,6 @@ def _select_from_table(summary) -> None:
         st.session_state.pop(_CELL, None)
 
 
-def _scatter_units(layer: str) -> list[int]:
-    """Units picked in the scatter (click, box or lasso) while it showed ``layer``."""
-    event = st.session_state.get(SCATTER_KEY) or {}
-    points = (event.get("selection") or {}).get("points") or []
-    units = []
-    for pt in points:
-        data = pt.get("customdata") if isinstance(pt, dict) else None
-        if isinstance(data, list | tuple) and len(data) >= 2 and str(data[1]) == layer:
-            units.append(int(data[0]))
-    return sorted(set(units))
-
-
-def _drill_links(layer: str, units: list[int]) -> None:
-    """Links to the Unit page for the selected units (at most :data:`MAX_LINKS`)."""
-    if not units:
-        st.caption("Select units — click a heatmap cell or pick points in the scatter (click, box or lasso) — to "
-                   "open them in the unit drill-down.")
-        return
-    shown = units[:MAX_LINKS]
-    st.markdown(f"**Selected units** ({len(units)}{', first ' + str(MAX_LINKS) + ' linked' if len(units) > MAX_LINKS else ''}) "
-                "— open one in the drill-down (its maps in every domain, top patches, partners):")
-    cols = st.columns(min(len(shown), 8))
-    for i, u in enumerate(shown):
-        cols[i % len(cols)].page_link(nav.page("unit"), label=f"unit {u}", icon="🔬",
-                                      query_params=nav.unit_link(model.id, layer, u, src=src_label))
-
-
 def _overview(res, where: str) -> None:
     table = res.table
     layers = heatmap.layer_order(table)
@@ -271,9 +243,11 @@ def _overview(res, where: str) -> None:
                                y_title=f"mean {label}", outline=list(strip["layer"] == layer),
                                hover={"block": strip["block"], "size": strip["size"], "kind": strip["kind"]})
     st.plotly_chart(fig, width="stretch", key="sens_strip")
-    scatter_units = _scatter_units(layer)
+    scatter_units = components.selected_units(SCATTER_KEY, layer)
     cell_units = [int(u) for u in picked["unit"]] if cell else []
-    _drill_links(layer, scatter_units or cell_units)
+    components.unit_links(model.id, layer, scatter_units or cell_units,
+                          "Select units — click a heatmap cell or pick points in the scatter (click, box or lasso) — "
+                          "to open them in the unit drill-down.", src=src_label)
 
     d1, d2, _ = st.columns([1, 1, 2])
     stem = f"sensitivity_{source}_{model.label.split()[0]}_lam{lam:.2f}"

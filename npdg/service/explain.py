@@ -8,7 +8,11 @@
 * :func:`unit_view` — one unit's activation map on one scene in every domain, on one colour scale;
 * :func:`atlas_job` — the atlas as a background job (:mod:`npdg.service.jobs`), persisted in the
   dashboard cache and shared between sessions; :func:`top_patches` crops each domain's
-  top-activating image regions of a unit from it (the Unit page's "what makes it fire").
+  top-activating image regions of a unit from it (the Unit page's "what makes it fire");
+* :class:`Target`, :func:`pixel_attribution` / :func:`pixel_job` and :func:`unit_table` — the
+  Explain page: captum's attribution of a class in a region (a class, its false positives or false
+  negatives, a box) to pixels and to the units of one layer, dense or with a plan soft-masked
+  (:mod:`npdg.attribution`).
 
 Cached by model file version, layer and every setting; frames are new copies on each call.
 """
@@ -227,3 +231,182 @@ def top_patches(atlas: pd.DataFrame, unit: int, *, k: int = 4, split: str = "val
 
 __all__ = ["ATLAS_SCENES", "DEFAULT_SIZE", "Patch", "UnitView", "activation_atlas", "atlas_job", "atlas_result",
            "patch_size", "top_patches", "unit_layers", "unit_profile", "unit_view"]
+
+
+# ==================================================================================================
+# attribution: why does a model predict what it predicts in a region (docs/method.md §8)
+# ==================================================================================================
+#: What an explanation target can be: the region whose class-c logit is attributed.
+TARGET_KINDS: dict[str, str] = {
+    "class": "pixels the model predicts as the class",
+    "fp": "false positives of the class: predicted as it, labelled otherwise",
+    "fn": "false negatives of the class: labelled as it, predicted otherwise",
+    "box": "a box drawn on the image (the class's logit inside it)",
+}
+
+
+@dataclass(frozen=True)
+class Target:
+    """An explanation target: ``kind`` (:data:`TARGET_KINDS`), the class, and for ``box`` the pixel
+    box ``(x0, y0, x1, y1)`` (x1, y1 exclusive)."""
+
+    kind: str
+    class_id: int
+    box: tuple[int, int, int, int] | None = None
+
+    def mask(self, pred: np.ndarray, label: np.ndarray | None) -> np.ndarray:
+        """The region (bool ``[H, W]``) on this prediction and label; ConfigError with the reason
+        when it cannot be formed (no label for FP/FN, an empty region, a box outside the image)."""
+        from npdg.labels import IGNORE, NUM_CLASSES
+
+        if self.kind not in TARGET_KINDS:
+            raise ConfigError(f"target must be one of {', '.join(TARGET_KINDS)}, got {self.kind!r}")
+        if not 0 <= int(self.class_id) < NUM_CLASSES:
+            raise ConfigError(f"class must be in 0..{NUM_CLASSES - 1}, got {self.class_id}")
+        c = int(self.class_id)
+        if self.kind == "class":
+            region = pred == c
+        elif self.kind == "box":
+            h, w = pred.shape
+            if self.box is None:
+                raise ConfigError("draw a box on the image first (box select)")
+            x0, y0, x1, y1 = (int(v) for v in self.box)
+            x0, x1, y0, y1 = max(0, x0), min(w, x1), max(0, y0), min(h, y1)
+            if x1 <= x0 or y1 <= y0:
+                raise ConfigError(f"the box {self.box} does not overlap the {w}×{h} image")
+            region = np.zeros_like(pred, dtype=bool)
+            region[y0:y1, x0:x1] = True
+        else:
+            if label is None:
+                raise ConfigError("false positives and negatives need a label: use a synthetic scene or upload one")
+            valid = label != IGNORE
+            region = ((pred == c) & (label != c) & valid) if self.kind == "fp" else ((label == c) & (pred != c))
+        if not region.any():
+            what = {"class": "the model predicts no pixel as", "fp": "there is no false positive of",
+                    "fn": "there is no false negative of", "box": "the box holds nothing of"}[self.kind]
+            raise ConfigError(f"{what} this class here: pick another class, target or scene")
+        return region
+
+
+@dataclass(frozen=True)
+class PixelAttribution:
+    """One pixel attribution: the map (float32 ``[H, W]``, read-only), the region it explains, the
+    prediction it was made on, and how long it took."""
+
+    method: str
+    attribution: np.ndarray
+    region: np.ndarray
+    pred: np.ndarray
+    seconds: float
+
+
+_PIXELS = lru(64)
+_UNITS = lru(64)
+
+
+def _input(image: np.ndarray):
+    import torch
+
+    arr = np.asarray(image)
+    if arr.ndim != 3 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
+        raise ConfigError(f"image must be uint8 [H, W, 3], got {arr.dtype} {list(arr.shape)}")
+    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)[None].float().div(255.0)
+
+
+def _key(ref, image: np.ndarray, label: np.ndarray | None, target: Target) -> tuple:
+    from npdg.service import array_key
+
+    return (ref.key(), array_key(np.asarray(image)), None if label is None else array_key(np.asarray(label)), target)
+
+
+def pixel_attribution(ref, image: np.ndarray, label: np.ndarray | None, target: Target, method: str,
+                      params: dict | None = None, layer: str | None = None,
+                      progress: ProgressFn | None = None) -> PixelAttribution:
+    """Attribution of ``target`` on ``image`` by the model of ``ref`` (a
+    :class:`npdg.service.compare.ModelRef`; a plan is soft-masked), with captum's ``method``
+    (:data:`npdg.attribution.METHODS`; parameters validated); cached by every input."""
+    import time
+
+    from npdg import attribution
+    from npdg.service.compare import ref_predict_images
+
+    spec = attribution.method(method)
+    checked = spec.check(params)
+    key = ("pixels", *_key(ref, image, label, target), method, tuple(sorted(checked.items())),
+           layer if spec.needs_layer else None)
+
+    def compute() -> PixelAttribution:
+        pred = ref_predict_images(ref, np.asarray(image)[None])[0]
+        region = target.mask(pred, label)
+        x = _input(image)
+        t0 = time.perf_counter()
+        with engine():
+            model = shared_model(ref.path)
+            att = attribution.pixel_attribution(model, x.to(engine_device()), target.class_id, region, method, checked,
+                                                plan=ref.plan, layer=layer, pred=pred, progress=progress)
+        return PixelAttribution(method, readonly(att), readonly(region), pred, time.perf_counter() - t0)
+
+    return _PIXELS.get(key, compute)
+
+
+def pixel_job(ref, image: np.ndarray, label: np.ndarray | None, target: Target, method: str,
+              params: dict | None = None, layer: str | None = None, lookup_only: bool = False):
+    """:func:`pixel_attribution` as a background job with progress (the slow methods: IG, Noise
+    Tunnel, feature ablation); held in memory, not persisted."""
+    from npdg import attribution
+
+    checked = attribution.method(method).check(params)
+    parts = ("attribution", *_key(ref, image, label, target), method, tuple(sorted(checked.items())), layer)
+    label_text = f"{attribution.METHODS[method].label} of {ref.label or ref.path.name}"
+    if lookup_only:
+        return jobs.lookup(parts, None, label_text)
+    return jobs.submit(parts, lambda progress: pixel_attribution(ref, image, label, target, method, checked, layer,
+                                                                  progress), label=label_text)
+
+
+#: Columns of :func:`unit_table`.
+UNIT_COLUMNS = ["layer", "unit", "kind", "contribution", "share", "combined", "unary", "binary", "pruned"]
+
+
+def unit_table(ref, image: np.ndarray, label: np.ndarray | None, target: Target, layer: str,
+               sensitivity=None) -> pd.DataFrame:
+    """The target broken down onto the units of ``layer`` (:func:`npdg.attribution.unit_contributions`:
+    gradient × activation, the first-order fall of the target when the unit is masked), with each
+    unit's style sensitivity from ``sensitivity`` (a :class:`~npdg.sensitivity.SensitivityResult`,
+    NaN without one) and whether ``ref``'s plan prunes it; ``share`` = contribution / Σ|contribution|."""
+    from npdg import attribution
+    from npdg.service.compare import ref_predict_images
+
+    key = ("units", *_key(ref, image, label, target), layer)
+
+    def compute() -> np.ndarray:
+        pred = ref_predict_images(ref, np.asarray(image)[None])[0]
+        region = target.mask(pred, label)
+        with engine():
+            model = shared_model(ref.path)
+            return attribution.unit_contributions(model, _input(image).to(engine_device()), target.class_id, region,
+                                                  layer, plan=ref.plan)
+
+    contrib = _UNITS.get(key, compute)
+    n = len(contrib)
+    frame = pd.DataFrame({"layer": layer, "unit": np.arange(n), "contribution": contrib})
+    total = float(np.abs(contrib).sum())
+    frame["share"] = contrib / total if total > 0 else 0.0
+    kinds = unit_layers(ref.path).set_index("layer")["kind"]
+    frame["kind"] = kinds.get(layer, "filter")
+    for col in ("combined", "unary", "binary"):
+        frame[col] = np.nan
+    if sensitivity is not None:
+        t = sensitivity.table
+        rows = t[t["layer"].astype(str) == layer].set_index("unit")
+        if len(rows) == n:
+            for col in ("combined", "unary", "binary"):
+                frame[col] = rows[col].reindex(frame["unit"]).to_numpy()
+    pruned = set()
+    if ref.plan is not None:
+        try:
+            pruned = set(ref.plan.layer(layer).pruned)
+        except KeyError:
+            pruned = set()
+    frame["pruned"] = frame["unit"].isin(pruned)
+    return frame[UNIT_COLUMNS]
