@@ -35,9 +35,9 @@ def colored_bars(x: Sequence, y: Sequence[float], *, cmin: float, cmax: float, c
 
 def unit_scatter(x: Sequence[float], y: Sequence[float], color: Sequence[float], units: Sequence[int], layer: str, *,
                  colorscale: str, title: str, x_title: str, y_title: str, extra: dict[str, Sequence[float]],
-                 height: int = 400) -> go.Figure:
-    """One point per unit, coloured on [0, 1]; ``customdata = [unit, layer, *extra]`` so a selection
-    event names the units (and the layer they belong to)."""
+                 height: int = 400, x_range: tuple[float, float] | None = (-0.05, 1.05)) -> go.Figure:
+    """One point per unit, coloured on [0, 1] (y on [0, 1]; x too unless ``x_range`` is None);
+    ``customdata = [unit, layer, *extra]`` so a selection event names the units (and their layer)."""
     n = len(units)
     custom = np.empty((n, 2 + len(extra)), dtype=object)
     custom[:, 0] = [int(u) for u in units]
@@ -52,8 +52,8 @@ def unit_scatter(x: Sequence[float], y: Sequence[float], color: Sequence[float],
         hovertemplate=f"unit %{{customdata[0]}}<br>{x_title}: %{{x:.3f}}<br>{y_title}: %{{y:.3f}}{lines}<extra></extra>",
     ))
     fig.update_layout(title=title, height=height, margin=dict(l=0, r=0, t=40, b=0), xaxis_title=x_title,
-                      yaxis_title=y_title, xaxis_range=[-0.05, 1.05], yaxis_range=[-0.05, 1.05], showlegend=False,
-                      dragmode="lasso")
+                      yaxis_title=y_title, xaxis_range=None if x_range is None else list(x_range),
+                      yaxis_range=[-0.05, 1.05], showlegend=False, dragmode="lasso")
     return fig
 
 

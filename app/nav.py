@@ -21,6 +21,7 @@ SECTIONS: dict[str, list[tuple[str, str, str, str]]] = {
         ("../pages/compare.py", "Compare", "⚖️", "compare"),
     ],
     "Inspect": [
+        ("../pages/explain.py", "Explain", "🔦", "explain"),
         ("../pages/unit.py", "Unit", "🔬", "unit"),
     ],
 }

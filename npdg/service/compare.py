@@ -156,7 +156,7 @@ def ref_predict_images(ref: ModelRef, images: np.ndarray) -> np.ndarray:
     def compute() -> np.ndarray:
         import torch
 
-        x = torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2).float().div(255.0)
+        x = torch.from_numpy(np.array(arr)).permute(0, 3, 1, 2).float().div(255.0)  # a writable copy
         with engine():
             model = shared_model(ref.path)
             x = x.to(engine_device()).contiguous(memory_format=torch.channels_last)

@@ -245,6 +245,10 @@ TARGET_KINDS: dict[str, str] = {
 }
 
 
+class RegionError(ConfigError):
+    """The target's region cannot be formed on this prediction (empty, no label, no box)."""
+
+
 @dataclass(frozen=True)
 class Target:
     """An explanation target: ``kind`` (:data:`TARGET_KINDS`), the class, and for ``box`` the pixel
@@ -269,22 +273,22 @@ class Target:
         elif self.kind == "box":
             h, w = pred.shape
             if self.box is None:
-                raise ConfigError("draw a box on the image first (box select)")
+                raise RegionError("draw a box on the image first (box select)")
             x0, y0, x1, y1 = (int(v) for v in self.box)
             x0, x1, y0, y1 = max(0, x0), min(w, x1), max(0, y0), min(h, y1)
             if x1 <= x0 or y1 <= y0:
-                raise ConfigError(f"the box {self.box} does not overlap the {w}×{h} image")
+                raise RegionError(f"the box {self.box} does not overlap the {w}×{h} image")
             region = np.zeros_like(pred, dtype=bool)
             region[y0:y1, x0:x1] = True
         else:
             if label is None:
-                raise ConfigError("false positives and negatives need a label: use a synthetic scene or upload one")
+                raise RegionError("false positives and negatives need a label: use a synthetic scene or upload one")
             valid = label != IGNORE
             region = ((pred == c) & (label != c) & valid) if self.kind == "fp" else ((label == c) & (pred != c))
         if not region.any():
             what = {"class": "the model predicts no pixel as", "fp": "there is no false positive of",
                     "fn": "there is no false negative of", "box": "the box holds nothing of"}[self.kind]
-            raise ConfigError(f"{what} this class here: pick another class, target or scene")
+            raise RegionError(f"{what} this class here: pick another class, target or scene")
         return region
 
 
@@ -310,13 +314,21 @@ def _input(image: np.ndarray):
     arr = np.asarray(image)
     if arr.ndim != 3 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
         raise ConfigError(f"image must be uint8 [H, W, 3], got {arr.dtype} {list(arr.shape)}")
-    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)[None].float().div(255.0)
+    return torch.from_numpy(np.array(arr)).permute(2, 0, 1)[None].float().div(255.0)  # a writable copy
 
 
 def _key(ref, image: np.ndarray, label: np.ndarray | None, target: Target) -> tuple:
     from npdg.service import array_key
 
     return (ref.key(), array_key(np.asarray(image)), None if label is None else array_key(np.asarray(label)), target)
+
+
+def region(ref, image: np.ndarray, label: np.ndarray | None, target: Target) -> np.ndarray:
+    """The region ``target`` selects on ``ref``'s prediction of ``image`` (bool ``[H, W]``);
+    :class:`RegionError` when it is empty or cannot be formed."""
+    from npdg.service.compare import ref_predict_images
+
+    return target.mask(ref_predict_images(ref, np.asarray(image)[None])[0], label)
 
 
 def pixel_attribution(ref, image: np.ndarray, label: np.ndarray | None, target: Target, method: str,
@@ -410,3 +422,53 @@ def unit_table(ref, image: np.ndarray, label: np.ndarray | None, target: Target,
             pruned = set()
     frame["pruned"] = frame["unit"].isin(pruned)
     return frame[UNIT_COLUMNS]
+
+
+def attribution_overlay(image: np.ndarray, attribution: np.ndarray, region: np.ndarray | None = None,
+                        opacity: float = 0.7, scale: float | None = None) -> np.ndarray:
+    """``attribution`` blended over ``image``: positive (supports the target) red, negative blue,
+    |a| / ``scale`` as the blend weight (``scale``: the 99th percentile of |a| when None, so one
+    hot pixel does not wash out the rest; pass a shared scale to compare A and B), the region's
+    outline in yellow. uint8 ``[H, W, 3]``."""
+    img = np.asarray(image, dtype=np.float32)
+    a = np.asarray(attribution, dtype=np.float32)
+    if a.shape != img.shape[:2]:
+        raise ConfigError(f"attribution {a.shape} and image {img.shape[:2]} differ in size")
+    s = float(np.percentile(np.abs(a), 99)) if scale is None else float(scale)
+    weight = np.clip(np.abs(a) / s, 0.0, 1.0)[..., None] * float(np.clip(opacity, 0.0, 1.0)) if s > 0 else 0.0
+    colour = np.where((a >= 0)[..., None], np.array([230, 30, 30], np.float32), np.array([30, 90, 230], np.float32))
+    out = img * (1.0 - weight) + colour * weight
+    if region is not None:
+        r = np.asarray(region, dtype=bool)
+        edge = r & ~(np.roll(r, 1, 0) & np.roll(r, -1, 0) & np.roll(r, 1, 1) & np.roll(r, -1, 1))
+        out[edge] = (255, 221, 0)
+    return (out + 0.5).astype(np.uint8)
+
+
+def attribution_scale(*maps: np.ndarray) -> float:
+    """One colour scale for several attribution maps (the largest 99th percentile of |a|)."""
+    return max((float(np.percentile(np.abs(m), 99)) for m in maps), default=1.0) or 1.0
+
+
+def methods():
+    """The attribution methods by name (:data:`npdg.attribution.METHODS`: label, summary, typed
+    parameters, whether a layer is needed and whether it is fast enough to run on every change)."""
+    from npdg.attribution import METHODS
+
+    return dict(METHODS)
+
+
+def default_layer(layers: pd.DataFrame) -> str:
+    """The layer the Explain page starts on: the deepest encoder BN filter layer (Grad-CAM's usual
+    choice), else the last filter layer, else the first layer."""
+    filters = layers[layers["kind"] == "filter"]["layer"].astype(str).tolist()
+    encoder = [n for n in filters if ".encoder." in f".{n}"]
+    for pool in (encoder, filters):
+        if pool:
+            return pool[-1]
+    return str(layers["layer"].iloc[0])
+
+
+def job_result(status) -> PixelAttribution | None:
+    """The finished attribution of a :func:`pixel_job`, or None."""
+    return None if status is None or status.state != "done" else jobs.result(status.key)
