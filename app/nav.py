@@ -24,6 +24,9 @@ SECTIONS: dict[str, list[tuple[str, str, str, str]]] = {
         ("../pages/explain.py", "Explain", "🔦", "explain"),
         ("../pages/unit.py", "Unit", "🔬", "unit"),
     ],
+    "Learn": [
+        ("../pages/guide.py", "Guide", "🧭", "guide"),
+    ],
 }
 
 

@@ -74,12 +74,13 @@ def _finite(text: str) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def clamp_state(key: str, lo: int, hi: int) -> None:
+def clamp_state(key: str, lo: float, hi: float) -> None:
     """Keep widget ``key``'s session value inside [lo, hi] before the widget is created (e.g. a scene
     index carried over from a longer split, or a unit of a wider layer), where Streamlit would raise."""
     value = st.session_state.get(key)
     if isinstance(value, int | float) and not lo <= value <= hi:
-        st.session_state[key] = int(min(max(value, lo), hi))
+        clamped = min(max(value, lo), hi)
+        st.session_state[key] = int(clamped) if isinstance(value, int) else float(clamped)
 
 
 def guard_int_inputs() -> None:

@@ -64,7 +64,7 @@ t1, t2, t3 = st.columns([3, 2, 3])
 region_label = t1.radio("Region", list(REGIONS), index=2, key="target", bind="query-params", horizontal=True,
                         help="\n".join(f"- **{w}**: {explain.TARGET_KINDS[k]}" for w, k in REGIONS.items()))
 kind = REGIONS[region_label]
-cls = t2.selectbox("Class", list(CLASS_NAMES), index=CLASS_NAMES.index("car"), key="cls", bind="query-params",
+cls = t2.selectbox("Class", list(CLASS_NAMES), index=CLASS_NAMES.index("car"), key="class", bind="query-params",
                    help="Whose logit is explained (averaged over the region).")
 METHODS = explain.methods()
 method = t3.selectbox("Method", list(METHODS), key="method", bind="query-params",

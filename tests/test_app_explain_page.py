@@ -32,7 +32,7 @@ def page():
 def test_gradcam_a_vs_b_and_the_units_of_a_layer(page):
     at = page
     assert at.title[0].value.startswith("Explain")
-    assert at.radio(key="target").value == "false negatives" and at.selectbox(key="cls").value == "car"
+    assert at.radio(key="target").value == "false negatives" and at.selectbox(key="class").value == "car"
     assert at.selectbox(key="method").value == "gradcam" and not at.error
     assert _images(at) == 2  # A and B, one colour scale
     assert any("one colour scale" in c.value for c in at.caption)
@@ -91,7 +91,7 @@ def test_the_prune_pages_plan_and_bad_links():
     assert not at.exception and not at.error and _images(at) == 2
     units = _chart(at, "Top")
     assert units  # B's units: the plan's pruned ones contribute exactly 0 (tests/test_attribution.py)
-    for query in ({"ig_n_steps": "1e9"}, {"method": "bogus"}, {"cls": "unicorn"}, {"scene": "nan"}, {"target": "x"}):
+    for query in ({"ig_n_steps": "1e9"}, {"method": "bogus"}, {"class": "unicorn"}, {"scene": "nan"}, {"target": "x"}):
         bad = open_page(PAGE, **query)
         assert not bad.exception, query
     assert np.isfinite(open_page(PAGE, method="ig", ig_n_steps="1e9").number_input(key="ig_n_steps").value)

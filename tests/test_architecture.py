@@ -139,3 +139,17 @@ def test_pages_and_app_use_only_the_services():
             if top in ENGINE_LIBRARIES:
                 bad.append(f"{path.relative_to(ROOT)}: {name}")
     assert not bad, f"pages/app import the engine directly: {bad}"
+
+
+def test_a_widget_key_shared_by_pages_is_the_same_kind_of_widget():
+    """Session state outlives a page switch: a key that is a slider on one page and a radio on another
+    hands one widget the other's value (a traceback on the next page). Same key → same widget call."""
+    seen: dict[str, set[str]] = {}
+    for path in _py_files("pages", "app"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+                for kw in node.keywords:
+                    if kw.arg == "key" and isinstance(kw.value, ast.Constant) and isinstance(kw.value.value, str):
+                        seen.setdefault(kw.value.value, set()).add(node.func.attr)
+    clashes = {k: sorted(v) for k, v in seen.items() if len(v) > 1}
+    assert not clashes, f"widget keys used for different kinds of widgets: {clashes}"
