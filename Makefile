@@ -18,8 +18,10 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 
 setup: $(STAMP)
 
+# ARGS go to the app: make app ARGS="--datasets cityscapes:/data/cityscapes gta5:/data/gta5"
+ARGS    ?=
 app: $(STAMP)
-	$(BIN)/python -m streamlit run app/main.py --server.port $(PORT)
+	$(BIN)/python -m streamlit run app/main.py --server.port $(PORT) -- $(ARGS)
 
 # Lint first (ruff; the import-linter layer contract runs inside the suite, tests/test_architecture.py).
 lint: $(STAMP)

@@ -9,6 +9,19 @@ from app.components import error_box
 from npdg.service import uploads
 
 KIND_LABELS = {"train": "train ids", "cityscapes": "Cityscapes ids", "color": "Cityscapes colours"}
+#: What a page runs on — the same options on every page that has the widget (key ``input``).
+INPUTS = ("Synthetic scene", "Your image", "Real dataset")
+
+
+def real_dataset_input(spec_col, pick_col, key: str) -> tuple[np.ndarray, np.ndarray, str]:
+    """The "Real dataset" input: a dataset from the sidebar, a split and an image; stops the page
+    with a hint when none is configured."""
+    infos = dataset_panel()
+    if not infos:
+        st.info("No real dataset yet: add one in the sidebar (*Real datasets*, `NAME:ROOT`) or start the app with "
+                "`make app ARGS=\"--datasets cityscapes:/data/cityscapes\"`.")
+        st.stop()
+    return dataset_image(infos, spec_col, pick_col, key)
 
 
 def your_image(image_col, label_col, key: str) -> tuple[np.ndarray, np.ndarray | None]:
@@ -42,3 +55,57 @@ def your_image(image_col, label_col, key: str) -> tuple[np.ndarray, np.ndarray |
                   f". Label **{label_file.name}** ({KIND_LABELS[kind]}), brought to the working size nearest-neighbour: "
                   "errors and IoU are measured there."))
     return image, label
+
+
+DATASETS_STATE = "_datasets"  # session state: dataset specs added in the sidebar
+
+
+def dataset_panel() -> list:
+    """The sidebar's real datasets: those the dashboard started with (``--datasets`` / ``$NPDG_DATASETS``)
+    and those added here (``NAME:ROOT``); returns the usable ones (:class:`npdg.service.datasets.DatasetInfo`),
+    with a message for each that is not."""
+    from npdg.service import datasets
+
+    box = st.sidebar.expander("Real datasets")
+    added = box.text_input("Add a dataset (NAME:ROOT)", key="dataset_input", placeholder="cityscapes:/data/cityscapes",
+                           help="gta5, synthia, cityscapes, bdd100k or mapillary, in its original layout (README: "
+                                "Real datasets). Start with `make app ARGS=\"--datasets NAME:ROOT\"` to have it always.")
+    specs = [*datasets.configured(), *st.session_state.get(DATASETS_STATE, [])]
+    usable = []
+    for spec in dict.fromkeys([*specs, *([added.strip()] if added and added.strip() else [])]):
+        try:
+            info = datasets.dataset_info(spec)
+        except Exception as exc:
+            with box:
+                error_box(exc)
+            continue
+        usable.append(info)
+        if spec == (added or "").strip() and spec not in specs:
+            st.session_state.setdefault(DATASETS_STATE, []).append(spec)
+    if usable:
+        box.caption(" · ".join(f"**{i.name}**: " + ", ".join(f"{s} {n}" for s, n in i.splits.items()) for i in usable))
+    elif not added:
+        box.caption("None configured: the embedded benchmark only.")
+    return usable
+
+
+def dataset_image(infos: list, spec_col, pick_col, key: str) -> tuple[np.ndarray, np.ndarray, str]:
+    """One image of a real dataset at the working size with its label, and where it is from."""
+    from npdg.service import datasets
+
+    by_label = {i.label: i for i in infos}
+    chosen = spec_col.selectbox("Dataset", list(by_label), key=f"{key}_dataset", help="A dataset from the sidebar.")
+    info = by_label[chosen]
+    s1, s2 = pick_col.columns(2)
+    split = s1.selectbox("Split", list(info.splits), key=f"{key}_dsplit")
+    n = info.splits[split]
+    from app import state
+
+    state.clamp_state(f"{key}_dindex", 0, n - 1)
+    index = s2.number_input(f"Image (0 … {n - 1})", 0, n - 1, 0, 1, key=f"{key}_dindex")
+    try:
+        image, label, stem = datasets.sample(info.spec, split, int(index))
+    except Exception as exc:
+        error_box(exc)
+        st.stop()
+    return image, label, f"{info.name} {split} #{int(index)} ({stem}), run at {image.shape[1]}×{image.shape[0]}"

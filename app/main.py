@@ -18,7 +18,20 @@ import streamlit as st  # noqa: E402
 
 from app import components, state  # noqa: E402
 from app import nav as nav_pages  # noqa: E402
+from npdg.service import datasets  # noqa: E402
 
+
+def _arguments() -> None:
+    """``streamlit run app/main.py -- --datasets NAME:ROOT [...]`` (``make app ARGS=...``)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="app/main.py", add_help=False)
+    parser.add_argument("--datasets", nargs="*", default=[], metavar="NAME:ROOT")
+    known, _ = parser.parse_known_args(sys.argv[1:])
+    datasets.add_configured(known.datasets)
+
+
+_arguments()
 state.guard_int_inputs()  # ?scene=inf must not crash a page (see app/state.py)
 
 st.set_page_config(page_title="npdg — NPDG dashboard", page_icon="🪨", layout="wide")

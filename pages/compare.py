@@ -14,7 +14,7 @@ import streamlit as st
 
 from app import components, state
 from app.before_after import before_after, data_url
-from app.inputs import your_image
+from app.inputs import INPUTS, real_dataset_input, your_image
 from app.models import pair_panel
 from npdg.service import compare, data
 from npdg.service.data import CLASS_NAMES, DOMAIN_NAMES, DOMAIN_ROLES, SPLIT_LENGTHS
@@ -36,11 +36,10 @@ if refs is None:
 ref_a, ref_b = refs
 
 
-INPUTS = ("Synthetic scene", "Your image")
 d1, d2, d3 = st.columns([2, 2, 5])
 source = d1.radio("Input", INPUTS, key="input", bind="query-params", horizontal=True,
-                  help="A synthetic val scene in several domains (with labels), or an image you upload (no label: "
-                       "predictions only, no metrics).")
+                  help="A synthetic val scene in several domains (with labels), an image you upload (with its label "
+                       "if you have one), or an image of a real dataset (with its label).")
 upload = None
 if source == INPUTS[0]:
     state.clamp_state("scene", 0, SPLIT_LENGTHS["val"] - 1)
@@ -51,7 +50,11 @@ if source == INPUTS[0]:
                                   + ". Plain names, so a link reads ?doms=source&doms=fog.")
 else:
     scene, domains = 0, []
-    upload, upload_label = your_image(d2, d3, "compare")
+    if source == INPUTS[1]:
+        upload, upload_label = your_image(d2, d3, "compare")
+    else:
+        upload, upload_label, where = real_dataset_input(d2, d3, "compare")
+        st.caption(where)
 
 def _class_from_click() -> None:
     """A *new* click on a bar of the per-class chart picks its class (before the selectbox exists)."""

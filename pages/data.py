@@ -12,7 +12,9 @@ import plotly.express as px
 import streamlit as st
 
 from app import components, state
+from app.inputs import dataset_image, dataset_panel
 from npdg.service import data as service
+from npdg.service import datasets as real
 from npdg.service.data import CLASS_NAMES, DEFAULT_DOMAINS, DOMAIN_NAMES, DOMAIN_ROLES, SPLIT_LENGTHS
 
 SIZES = {"128×256 (fast)": (128, 256), "256×512 (default)": (256, 512), "512×1024 (sharp)": (512, 1024)}
@@ -26,6 +28,38 @@ st.markdown(
     "The embedded benchmark renders every scene in several domains from the same seed, so each "
     "column below has **identical labels** and differs in appearance only."
 )
+
+SOURCES = ("Embedded benchmark", "Real dataset")
+origin = st.radio("Images from", SOURCES, key="data_src", bind="query-params", horizontal=True,
+                  help="The embedded benchmark renders each scene in many domains; a real dataset (added in the sidebar "
+                       "or with `make app ARGS=\"--datasets NAME:ROOT\"`) has one look per image.")
+if origin == SOURCES[1]:
+    infos = dataset_panel()
+    if not infos:
+        st.info("No real dataset yet: add one in the sidebar (*Real datasets*, `NAME:ROOT`, e.g. "
+                "`cityscapes:/data/cityscapes`) or start with `make app ARGS=\"--datasets NAME:ROOT\"`.")
+        st.stop()
+    r1, r2, r3 = st.columns([2, 2, 2])
+    first, first_label, where = dataset_image(infos, r1, r2, "data")
+    real_opacity = r3.slider("Label opacity", 0.0, 1.0, 0.5, 0.05, key="data_real_opacity")
+    info = next(i for i in infos if i.label == st.session_state["data_dataset"])
+    split_r, start = st.session_state["data_dsplit"], int(st.session_state["data_dindex"])
+    n_r = info.splits[split_r]
+    st.caption(f"Real datasets have no same-scene renderings: six consecutive images of {info.name} {split_r} "
+               f"from #{start}, each with its own label ({where.split(', run at')[0]} first).")
+    cols = st.columns(3)
+    for k, i in enumerate(range(start, min(start + 6, n_r))):
+        try:
+            img, lab, stem = real.sample(info.spec, split_r, i)
+        except Exception as exc:
+            cols[k % 3].error(f"#{i}: {exc}")
+            continue
+        cols[k % 3].image(service.overlay(img, lab, opacity=real_opacity), caption=f"#{i} {stem}", width="stretch",
+                          output_format="JPEG")
+    present_r = sorted({int(t) for t in np.unique(first_label) if t < len(CLASS_NAMES)})
+    st.subheader("Classes in the first image")
+    components.class_chips(present_r)
+    st.stop()
 
 domain_names = list(DOMAIN_NAMES)
 default_domains = list(DEFAULT_DOMAINS)

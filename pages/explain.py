@@ -17,7 +17,7 @@ import streamlit as st
 from app import components, figures, heatmap, state
 from app import jobs as jobs_ui
 from app.before_after import data_url
-from app.inputs import your_image
+from app.inputs import INPUTS, real_dataset_input, your_image
 from app.models import pair_panel
 from npdg.service import compare, explain
 from npdg.service import sensitivity as sens
@@ -25,7 +25,6 @@ from npdg.service.data import CLASS_NAMES, DOMAIN_NAMES, SPLIT_LENGTHS, scene_vi
 
 BOX_KEY = "ex_box"
 SCATTER_KEY = "ex_scatter"
-INPUTS = ("Synthetic scene", "Your image")
 TOP_UNITS = 24
 
 st.title("Explain — why does a model predict this here?")
@@ -45,7 +44,8 @@ ref_a, ref_b = refs
 # ------------------------------------------------------------------------------------------ input
 d1, d2, d3 = st.columns([2, 2, 3])
 source = d1.radio("Input", INPUTS, key="input", bind="query-params", horizontal=True,
-                  help="A synthetic val scene in one domain (with its label), or your own image.")
+                  help="A synthetic val scene in one domain (with its label), your own image, or an image of a real "
+                       "dataset (with its label).")
 if source == INPUTS[0]:
     state.clamp_state("scene", 0, SPLIT_LENGTHS["val"] - 1)
     scene = d2.number_input("Scene (val)", 0, SPLIT_LENGTHS["val"] - 1, 0, 1, key="scene", bind="query-params")
@@ -53,9 +53,11 @@ if source == INPUTS[0]:
                           bind="query-params", help="The look of the scene; held-out domains show the errors the shift causes.")
     view = scene_views("val", int(scene), (domain,), compare.DEFAULT_SIZE)[0]
     image, label, where = view.image, view.label, f"val scene {int(scene)}, {domain}"
-else:
+elif source == INPUTS[1]:
     image, label = your_image(d2, d3, "explain")
     where = "your image"
+else:
+    image, label, where = real_dataset_input(d2, d3, "explain")
 
 # ----------------------------------------------------------------------------------------- target
 # bound widgets put their *shown* value in the URL: plain words, no format_func (?target=false+negatives&method=ig)

@@ -10,6 +10,7 @@ import plotly.express as px
 import streamlit as st
 
 from app import components, state
+from app.inputs import INPUTS, real_dataset_input
 from app.models import model_panel
 from npdg.service import compare, data, styles, uploads
 
@@ -29,16 +30,19 @@ except Exception as exc:  # never a traceback in the dashboard
     components.error_box(exc)
     st.stop()
 
-INPUTS = ("Synthetic scene", "Your image")
 source = st.radio("Input", INPUTS, key="input", bind="query-params", horizontal=True,
-                  help="A synthetic val scene (its ground truth is the CE target) or an image you upload (PNG/JPEG; "
-                       "the model's own prediction on it is the CE target).")
+                  help="A synthetic val scene (its ground truth is the CE target), an image you upload (PNG/JPEG; "
+                       "the model's own prediction on it is the CE target) or an image of a real dataset (likewise).")
 upload = None  # the decoded upload at its working size, when the input is "Your image"
 c1, c2, c3, c4 = st.columns(4)
 if source == INPUTS[0]:
     state.clamp_state("scene", 0, data.SPLIT_LENGTHS["val"] - 1)  # e.g. a train scene index from the Data page
     scene = c1.number_input("Scene (val)", 0, data.SPLIT_LENGTHS["val"] - 1, 0, 1, key="scene", bind="query-params",
                             help="Index of a synthetic val scene; the same index is the same street in every domain.")
+elif source == INPUTS[2]:
+    scene = 0
+    upload, _, where = real_dataset_input(c1, c2, "styles")
+    st.caption(f"**{where}**. The CE and the ascent use the model's own prediction on the clean image as the target.")
 else:
     scene = 0
     file = c1.file_uploader("Image (PNG/JPEG)", type=list(uploads.IMAGE_TYPES), key="styles_upload",
