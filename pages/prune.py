@@ -127,8 +127,9 @@ def _what_if(plan) -> None:
                 help="Channels of coupling groups (each removes the channel from every coupled layer).")
     m[1].metric("pruned heads", f"{pruned['head']} / {cand.get('head', 0)}")
     m[2].metric("GFLOPs @ 512×1024", f"{cost.gflops:.2f}", f"{100 * (cost.gflops / cost.dense_gflops - 1):+.1f} %",
-                delta_color="inverse", help="From the plan itself: torch.utils.flop_counter on a weightless (meta) "
-                                            "copy of the pruned structure, at the paper's test size.")
+                delta_color="inverse", help="From the plan itself, at the paper's test size: the flop counter's "
+                                            "per-module counts scaled by the plan's channel counts (the same "
+                                            "number as counting the pruned model; docs/dashboard.md §4).")
     m[3].metric("parameters", f"{cost.params / 1e6:.2f} M", f"{100 * (cost.params / cost.dense_params - 1):+.1f} %",
                 delta_color="inverse")
     if plan.note:

@@ -5,85 +5,19 @@ In CI (``CI=true``) a missing browser is a failure; elsewhere the test is skippe
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from contextlib import contextmanager
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARTIFACTS = ROOT / "tests" / "e2e" / "artifacts"
-FLAGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
-]
-IDLE = "[data-testid='stApp'][data-test-script-state='notRunning']"
+from browser import ARTIFACTS, CHROMIUM, FLAGS, IDLE, dashboard, need_browser, need_zoo
 
 pytestmark = pytest.mark.e2e
 
 
-def _need_browser():
-    if not Path(CHROMIUM).exists():
-        msg = f"Debian chromium not found at {CHROMIUM} (apt-get install chromium)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(msg)
-        pytest.skip(msg)
-    try:
-        from playwright.sync_api import sync_playwright  # noqa: F401
-    except ImportError as exc:  # pragma: no cover
-        pytest.fail(f"playwright is not installed: {exc}")
-
-
-def _need_zoo(*names: str, file: str = "model.safetensors") -> None:
-    """Skip unless every named zoo model ships ``file``; make the screenshot folder."""
-    from npdg.recipes import zoo
-
-    missing = [n for n in names if not (zoo.ZOO_DIR / n / file).is_file()]
-    if missing:
-        pytest.skip(f"zoo {', '.join(missing)} not shipped ({file})")
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    _need_browser()
-    port = _free_port()
-    env = {**os.environ, "NPDG_CACHE": str(tmp_path_factory.mktemp("dashboard-cache"))}  # nothing from earlier runs
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app" / "main.py"), "--server.port", str(port),
-         "--server.headless", "true", "--server.address", "127.0.0.1"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        try:
-            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail(f"streamlit did not become healthy: {proc.stdout.read()[-2000:]}")
-    yield url
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    need_browser()
+    with dashboard(tmp_path_factory.mktemp("dashboard-cache")) as (url, _, _):  # nothing from earlier runs
+        yield url
 
 
 @contextmanager
@@ -131,7 +65,7 @@ def test_data_page_in_chromium(server):
 def test_styles_page_binds_its_widgets_to_the_url(server):
     """A copied link reopens the same view: ?k=3 gives 3 styles, moving the slider rewrites the URL."""
 
-    _need_zoo("r18-erm", file="card.json")
+    need_zoo("r18-erm", file="card.json")
     with _opened(f"{server}/styles?k=3&scene=2") as page:
         page.get_by_text("Styles — what DSP imitates").wait_for(timeout=60_000)
         page.get_by_text("style 2 — CE").first.wait_for(timeout=120_000)
@@ -145,7 +79,7 @@ def test_styles_page_binds_its_widgets_to_the_url(server):
 def test_sensitivity_heatmap_click_selects_a_layer(server):
     """A click on the ECharts heatmap (DASHBOARD.md fact 5) selects that cell's layer for the scatter."""
 
-    _need_zoo("r18-erm", file="sensitivity_dsp.csv")
+    need_zoo("r18-erm", file="sensitivity_dsp.csv")
     selected = "[...document.querySelectorAll('[data-testid=\"stMarkdownContainer\"]')]" \
                ".map(e => e.innerText).find(t => t.startsWith('Selected layer:')) || ''"
     with _opened(f"{server}/sensitivity") as page:
@@ -178,7 +112,7 @@ def test_unit_page_deep_link_and_background_atlas(server, tmp_path):
     """?layer=&unit= opens the drill-down; the top patches come from a background job that the page
     follows in a polling fragment (st.status + progress) and shows without any further input."""
 
-    _need_zoo("r18-erm", file="model.safetensors")
+    need_zoo("r18-erm", file="model.safetensors")
     with _opened(f"{server}/unit?layer=encoder.layer1.0.bn1&unit=5&scene=2") as page:
         page.get_by_text("Unit — one filter or head across domains").wait_for(timeout=60_000)
         page.get_by_text("unit 5 on val scene 2 in every domain").wait_for(timeout=60_000)
@@ -209,7 +143,7 @@ def test_prune_page_rate_slider_and_export_download(server, tmp_path):
 
     import zipfile
 
-    _need_zoo("r18-npdg-sparse", file="model.safetensors")
+    need_zoo("r18-npdg-sparse", file="model.safetensors")
     metric = "[...document.querySelectorAll('[data-testid=\"stMetric\"]')].map(e => e.innerText)" \
              ".find(t => t.startsWith('pruned filters')) || ''"
     with _opened(f"{server}/prune?rate=0.3") as page:
@@ -243,7 +177,7 @@ def test_compare_split_slider_works_offline(server):
     """The before/after component (st.components.v2, inline JS) moves its split with the slider, keeps
     the position across reruns, and loads nothing from outside localhost."""
 
-    _need_zoo("r18-erm", "r18-npdg")
+    need_zoo("r18-erm", "r18-npdg")
     outside: list[str] = []
     with _opened(f"{server}/compare?doms=source&doms=night&doms=fog") as page:
         page.on("request", lambda r: outside.append(r.url) if not r.url.startswith(("http://127.0.0.1", "data:", "blob:"))
