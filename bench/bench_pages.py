@@ -10,6 +10,7 @@ with CE ≤ 1 s; heatmap payload ≤ 1 MB per rerun.
 
 Prune page targets (issue #13): rate slider on a cached rate ≤ 0.2 s, on a new rate ≤ 1 s;
 per-layer curves for all groups of R18 ≤ 3 min; Compare toggles ≤ 0.2 s, a new scene ≤ 1 s.
+Explain (issue #14): Grad-CAM and the per-unit view ≤ 0.5 s.
 """
 
 from __future__ import annotations
@@ -149,6 +150,21 @@ def bench_compare(repeats: int) -> None:
                                            for c in classes], 0.2)
 
 
+def bench_explain(repeats: int) -> None:
+    clear_caches()
+    at = open_page("../pages/explain.py", dom="fog", target="class")  # zoo:r18-erm vs zoo:r18-npdg, Grad-CAM
+    classes = ["road", "building", "vegetation", "sky", "sidewalk", "car", "person", "terrain", "pole", "wall",
+               "fence", "truck", "bus", "rider"][: 2 * repeats]
+    record("explain: a new class (Grad-CAM A+B, units of A)",
+           [timed(lambda c=c: at.selectbox(key="class").set_value(c).run()) for c in classes], 0.5)
+    layers = ["net.encoder.layer1.0.bn1", "net.encoder.layer2.0.bn1", "net.encoder.layer3.0.bn1",
+              "net.encoder.layer4.0.bn1", "net.encoder.layer1.1.bn2", "net.encoder.layer2.1.bn2",
+              "net.encoder.layer3.1.bn2", "net.encoder.layer4.1.bn1", "net.decoder.aspp.0.project.1",
+              "net.encoder.bn1"][: 2 * repeats]
+    record("explain: a new layer (Grad-CAM A+B, units of A)",
+           [timed(lambda v=v: at.selectbox(key="layer").set_value(v).run()) for v in layers], 0.5)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=5)
@@ -164,6 +180,7 @@ def main() -> None:
     bench_unit(args.repeats)
     bench_prune(args.repeats)
     bench_compare(args.repeats)
+    bench_explain(args.repeats)
 
 
 if __name__ == "__main__":

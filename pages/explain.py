@@ -215,6 +215,7 @@ with u1:
                                colorbar=has_w)
     if has_w:  # colour by w, not by the bar's height
         fig.update_traces(marker_color=top["combined"].fillna(0).tolist())
+    fig.update_xaxes(type="category")  # unit numbers are names here, in the order of |contribution|
     st.plotly_chart(fig, width="stretch", key="ex_bars")
 with u2:
     if has_w:

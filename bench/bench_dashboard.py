@@ -1,0 +1,157 @@
+"""The dashboard end to end in a real browser: cold start, every widget interaction, memory growth.
+
+Starts ``streamlit run app/main.py`` with an empty cache, opens each page in headless Debian chromium
+(one browser tab per page, as a user who keeps them open) and drives a scripted session: each
+interaction is timed from the input to "script done" in the browser (tests/e2e/browser.py: the app's
+``data-test-script-state`` going running → notRunning). After one warm-up pass, ``--interactions``
+(default 100) are made round-robin over the pages, and the server's resident memory is read before
+and after them.
+
+Targets (issue #14, 2-core CPU, zoo R18): every widget interaction ≤ 1 s p95; cold start (process
+start to the first page drawn) ≤ 10 s; server RSS growth over the interactions ≤ 10 %.
+
+    python bench/bench_dashboard.py [--interactions 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests" / "e2e"))
+sys.path.insert(0, str(ROOT))
+
+from browser import IDLE, chromium, dashboard, new_page, open_idle, press_slider, rss_mb, timed  # noqa: E402
+
+
+def _slider(index: int = 0):
+    state = {"right": True}
+
+    def act(page) -> None:
+        press_slider(page, index, "ArrowRight" if state["right"] else "ArrowLeft")
+        state["right"] = not state["right"]
+
+    return act
+
+
+def _sweep(right: int, left: int, index: int = 0):
+    """Move a slider right ``right`` steps, then back ``left`` steps past the start, and again: the
+    first visit of a position is a new value (computed), a later one is cached. ``act`` returns
+    which it was, so the two are reported apart."""
+    state = {"pos": 0, "dir": 1, "seen": {0}}
+
+    def act(page) -> str:
+        if not -left <= state["pos"] + state["dir"] <= right:
+            state["dir"] = -state["dir"]
+        state["pos"] += state["dir"]
+        press_slider(page, index, "ArrowRight" if state["dir"] > 0 else "ArrowLeft")
+        kind = "cached" if state["pos"] in state["seen"] else "new"
+        state["seen"].add(state["pos"])
+        return kind
+
+    return act
+
+
+def _radio(*labels: str):
+    state = {"i": -1}  # the first click picks labels[0] (the link opened the page on another one)
+
+    def act(page) -> None:
+        state["i"] = (state["i"] + 1) % len(labels)
+        page.get_by_text(labels[state["i"]], exact=True).first.click()
+
+    return act
+
+
+def _stepper():
+    state = {"up": True}
+
+    def act(page) -> None:
+        page.get_by_role("button", name="Increment" if state["up"] else "Decrement").first.click()
+        state["up"] = not state["up"]
+
+    return act
+
+
+#: name → (deep link, the text that says the page is drawn, interaction)
+SESSION = {
+    "data: opacity slider": ("/?scene=3&domains=source&domains=night&domains=fog", "Classes in this scene", _slider()),
+    "styles: K slider": ("/styles?k=4&scene=2", "style 0", _slider()),
+    "sensitivity: λ slider": ("/sensitivity", "Selected layer", _slider()),
+    "prune: rate slider": ("/prune?rate=0.3", "GFLOPs @ 512×1024", _sweep(8, 6)),  # 0.30 → 0.70 → 0.00 → …
+    "compare: opacity slider": ("/compare?doms=source&doms=fog&doms=night", "Val scene 0 in 3 domains", _slider()),
+    "explain: region radio (Grad-CAM A vs B)": ("/explain?dom=fog&target=class&class=road", "The decision, unit by unit",
+                                                _radio("false negatives", "class")),
+    "unit: next unit": ("/unit?layer=encoder.layer1.0.bn1&unit=5", "in every domain", _stepper()),
+    "guide: next step": ("/guide", "Glossary", _radio("DSP", "shift")),
+}
+
+
+def _stats(times: list[float]) -> tuple[float, float]:
+    ordered = sorted(times)
+    return statistics.median(ordered), ordered[max(0, int(round(0.95 * len(ordered))) - 1)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--interactions", type=int, default=100)
+    args = ap.parse_args()
+    import torch
+
+    print(f"machine: {platform.system()} {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+          f"python {platform.python_version()}, Debian chromium (headless)")
+    print(f"command: python bench/bench_dashboard.py --interactions {args.interactions}")
+    print("figures: seconds from the input to 'script done' in the browser; server = the streamlit process")
+    cache = Path(tempfile.mkdtemp(prefix="npdg-bench-dashboard-"))
+    t_start = time.perf_counter()
+    with dashboard(cache) as (url, proc, healthy), chromium() as browser:
+        pages = {}
+        first = True
+        for name, (link, ready, _) in SESSION.items():
+            page = new_page(browser)
+            open_idle(page, url + link)
+            page.get_by_text(ready).first.wait_for(timeout=300_000)
+            page.wait_for_selector(IDLE, timeout=300_000)
+            if first:
+                cold = time.perf_counter() - t_start
+                print(f"{'cold start (process start → first page drawn)':<46} {cold:6.2f} s  (healthy after "
+                      f"{healthy:.2f} s)  {'ok' if cold <= 10 else 'SLOW (target 10 s)'}", flush=True)
+                first = False
+            pages[name] = page
+        for name, (_, _, act) in SESSION.items():  # warm-up: one of each
+            pages[name].bring_to_front()  # the tab a user looks at (background tabs are throttled)
+            timed(pages[name], lambda a=act, p=pages[name]: a(p), timeout_s=120)
+            pages[name].wait_for_selector(IDLE, timeout=300_000)
+        rss0 = rss_mb(proc.pid)
+        samples: dict[str, list[float]] = {}
+        names = list(SESSION)
+        for i in range(args.interactions):
+            name = names[i % len(names)]
+            page = pages[name]
+            page.bring_to_front()
+            kind = []
+            seconds = timed(page, lambda a=SESSION[name][2], p=page, k=kind: k.append(a(p)), timeout_s=120)
+            samples.setdefault(name + (f", a {kind[0]} value" if kind and kind[0] else ""), []).append(seconds)
+            page.wait_for_selector(IDLE, timeout=300_000)
+        rss1 = rss_mb(proc.pid)
+        errors = {n: p.errors for n, p in pages.items() if p.errors}
+    worst = 0.0
+    for name, times in samples.items():
+        med, p95 = _stats(times)
+        worst = max(worst, p95)
+        print(f"{name:<46} median {med:6.3f} s  p95 {p95:6.3f} s  n={len(times):<3} "
+              f"{'ok' if p95 <= 1.0 else 'SLOW (target 1 s)'}", flush=True)
+    growth = 100 * (rss1 / rss0 - 1)
+    print(f"{'server RSS after warm-up → after interactions':<46} {rss0:7.1f} MB → {rss1:7.1f} MB  ({growth:+.1f} %)  "
+          f"{'ok' if growth <= 10 else 'GROWS (target ≤ 10 %)'}")
+    print(f"console errors: {errors or 'none'}")
+
+
+if __name__ == "__main__":
+    main()
