@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import streamlit as st
 
 from app.components import error_box
@@ -13,21 +12,26 @@ KIND_LABELS = {"train": "train ids", "cityscapes": "Cityscapes ids", "color": "C
 INPUTS = ("Synthetic scene", "Your image", "Real dataset")
 
 
-def real_dataset_input(spec_col, pick_col, key: str) -> tuple[np.ndarray, np.ndarray, str]:
-    """The "Real dataset" input: a dataset from the sidebar, a split and an image; stops the page
-    with a hint when none is configured."""
+def real_dataset_input(spec_col, pick_col, key: str, stop: bool = True):
+    """The "Real dataset" input: a dataset from the sidebar, a split and an image → (image, label,
+    where); with none configured, a hint, then the page stops (``stop``) or None is returned."""
     infos = dataset_panel()
     if not infos:
         st.info("No real dataset yet: add one in the sidebar (*Real datasets*, `NAME:ROOT`) or start the app with "
                 "`make app ARGS=\"--datasets cityscapes:/data/cityscapes\"`.")
+        return _halt(stop)
+    return dataset_image(infos, spec_col, pick_col, key, stop)
+
+
+def _halt(stop: bool) -> None:
+    if stop:
         st.stop()
-    return dataset_image(infos, spec_col, pick_col, key)
 
 
-def your_image(image_col, label_col, key: str) -> tuple[np.ndarray, np.ndarray | None]:
+def your_image(image_col, label_col, key: str, stop: bool = True):
     """An uploaded image at its working size (long side ≤ 256 px, multiples of 32) and its optional
-    label (train ids, the image's size; docs/dashboard.md §2). Bad files give a message and stop the
-    page; no file yet gives a hint and stops it."""
+    label (train ids, the image's size; docs/dashboard.md §2). Bad files give a message and no file
+    yet a hint; then the page stops (``stop``) or None is returned."""
     file = image_col.file_uploader("Image (PNG/JPEG)", type=list(uploads.IMAGE_TYPES), key=f"{key}_upload",
                                    max_upload_size=uploads.MAX_UPLOAD_MB,
                                    help="Any size or mode; run with the long side ≤ 256 px.")
@@ -39,7 +43,7 @@ def your_image(image_col, label_col, key: str) -> tuple[np.ndarray, np.ndarray |
                            help="\n".join(f"- **{k}**: {v}" for k, v in uploads.LABEL_KINDS.items()))
     if file is None:
         st.info("Upload an image — or switch back to a synthetic scene.")
-        st.stop()
+        return _halt(stop)
     try:
         decoded = uploads.read_image(file.getvalue(), file.name)
         image = uploads.fit(decoded.image, uploads.working_size(*decoded.image.shape[:2]))
@@ -47,7 +51,7 @@ def your_image(image_col, label_col, key: str) -> tuple[np.ndarray, np.ndarray |
             label_file.getvalue(), label_file.name, decoded.image.shape[:2], kind, also=decoded.original_size)
     except Exception as exc:
         error_box(exc)
-        st.stop()
+        return _halt(stop)
     if label is not None:
         label = uploads.fit_label(label, image.shape[:2])
     st.caption(f"**{decoded.name}**: " + "; ".join([*decoded.notes, f"run at {image.shape[1]}×{image.shape[0]}"])
@@ -89,8 +93,9 @@ def dataset_panel() -> list:
     return usable
 
 
-def dataset_image(infos: list, spec_col, pick_col, key: str) -> tuple[np.ndarray, np.ndarray, str]:
-    """One image of a real dataset at the working size with its label, and where it is from."""
+def dataset_image(infos: list, spec_col, pick_col, key: str, stop: bool = True):
+    """One image of a real dataset at the working size with its label, and where it is from (a bad
+    file: a message, then the page stops or None is returned)."""
     from npdg.service import datasets
 
     by_label = {i.label: i for i in infos}
@@ -107,5 +112,5 @@ def dataset_image(infos: list, spec_col, pick_col, key: str) -> tuple[np.ndarray
         image, label, stem = datasets.sample(info.spec, split, int(index))
     except Exception as exc:
         error_box(exc)
-        st.stop()
+        return _halt(stop)
     return image, label, f"{info.name} {split} #{int(index)} ({stem}), run at {image.shape[1]}×{image.shape[0]}"

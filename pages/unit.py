@@ -13,12 +13,14 @@ import streamlit as st
 
 from app import components, figures, heatmap, nav, state
 from app import jobs as jobs_ui
+from app.inputs import real_dataset_input, your_image
 from app.models import model_panel
 from npdg.service import explain
 from npdg.service import sensitivity as sens
 from npdg.service.data import DOMAIN_NAMES, DOMAIN_ROLES, SPLIT_LENGTHS
 
 SOURCES = {"DSP styles": "dsp", "held-out renderings (oracle)": "oracle"}
+YOURS = ("Your image", "Real dataset")
 TOP_K = 4
 
 st.title("Unit — one filter or head across domains")
@@ -125,6 +127,30 @@ if view is not None:
                "with the content is style-sensitive.")
 
 
+def _own_image() -> None:
+    """The unit on your image or an image of a real dataset, on the domains' colour scale."""
+    own = st.radio("Image", YOURS, key="unit_own", horizontal=True,
+                   help="Your own image (PNG/JPEG, any size) or an image of a real dataset from the sidebar.")
+    o1, o2 = st.columns(2)
+    picked = your_image(o1, o2, "unit", stop=False) if own == YOURS[0] else real_dataset_input(o1, o2, "unit", stop=False)
+    if picked is None:
+        return  # a hint or a message is shown; the rest of the page goes on
+    image, where = picked[0], ("your image" if own == YOURS[0] else picked[2])
+    try:
+        amap = explain.image_unit_map(model.path, layer, unit, image)
+    except Exception as exc:
+        components.error_box(exc)
+        return
+    lo, hi = (view.vmin, view.vmax) if view is not None else (float(amap.min()), float(amap.max()))
+    left, right = st.columns(2)
+    left.image(image, caption=where, width="stretch", output_format="JPEG")
+    fig = figures.map_grid(amap[None], [f"{where}: max {float(amap.max()):.2f}"], zmin=lo, zmax=max(hi, float(amap.max())),
+                           colorscale=heatmap.PLOTLY_SCALE, wrap=1, row_height=260, colorbar_title="act.")
+    right.plotly_chart(fig, width="stretch", key="unit_own_map")
+    st.caption("The same tap and the same colour scale as the domains above (widened if your image goes beyond it).")
+
+
+
 # ---------------------------------------------------------------------------------------- patches
 st.subheader("Where it fires most, per domain")
 st.caption(f"From the activation atlas of this layer: val scenes 0 … {explain.ATLAS_SCENES - 1} in each of the "
@@ -157,6 +183,9 @@ if jobs_ui.follow(status, "Activation atlas", retry_key="atlas_retry"):
         fig.update_layout(margin=dict(l=0, r=0, t=40, b=0), title="How strongly it fires, per domain")
         st.plotly_chart(fig, width="stretch", key="unit_profile")
         st.caption("Bars: mean over the atlas scenes of the unit's spatial maximum; whiskers: min … max.")
+
+with st.expander("This unit on your own image or a real dataset's"):
+    _own_image()
 
 components.teaching_notes(
     "- **Maps in every domain**: the same street rendered in each look. A *content* unit lights up the same "

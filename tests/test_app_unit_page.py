@@ -101,3 +101,24 @@ def test_non_finite_numbers_in_the_link_fall_back_to_defaults(value):
     at = _open(layer="encoder.bn1", unit=value, scene=value)  # Streamlit's own int binding crashes on inf
     assert not at.exception
     assert at.number_input(key="unit").value == 0 and at.number_input(key="scene").value == 0
+
+
+def test_the_unit_on_your_own_image_without_stopping_the_page():
+    import io
+
+    from PIL import Image
+
+    at = _open(layer="encoder.layer1.0.bn1", unit="5")
+    jobs.wait_all(timeout=180)
+    at.run()
+    assert any("Upload an image" in i.value for i in at.info)  # the hint, and the rest of the page still drawn
+    assert any("whiskers" in c.value for c in at.caption)
+    buf = io.BytesIO()
+    Image.new("RGB", (300, 200), (200, 60, 40)).save(buf, format="PNG")
+    at.file_uploader(key="unit_upload").upload("red.png", buf.getvalue(), "image/png").run()
+    assert not at.exception and not at.error
+    own = next(c for c in _charts(at) if c["layout"].get("annotations")
+               and c["layout"]["annotations"][0]["text"].startswith("your image: max"))
+    assert own["layout"]["coloraxis"]["cmin"] < own["layout"]["coloraxis"]["cmax"]
+    at.file_uploader(key="unit_upload").upload("bad.png", b"not an image", "image/png").run()
+    assert not at.exception and any("bad.png" in e.value for e in at.error)

@@ -159,6 +159,30 @@ def unit_view(
     return _VIEWS.get(key, compute)
 
 
+def image_unit_map(model_path: str | Path, layer: str, unit: int, image: np.ndarray) -> np.ndarray:
+    """Unit ``unit`` of ``layer`` on one image of your own (uint8 ``[H, W, 3]``): its activation map
+    (float32 ``[h, w]`` on the layer's grid, read-only; the same tap as :func:`unit_view`), cached."""
+    from npdg.service import array_key
+
+    kind, n_units = _unit_size(model_path, layer)
+    if not 0 <= int(unit) < n_units:
+        raise ConfigError(f"unit {unit} is out of range: {layer!r} has units 0 … {n_units - 1}")
+    arr = np.asarray(image)
+    if arr.ndim != 3 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
+        raise ConfigError(f"image must be uint8 [H, W, 3], got {arr.dtype} {list(arr.shape)}")
+
+    def compute() -> np.ndarray:
+        import torch
+
+        from npdg.explain import unit_maps
+
+        x = torch.from_numpy(np.array(arr)).permute(2, 0, 1)[None].float().div_(255.0)
+        with engine():
+            return readonly(unit_maps(shared_model(model_path), x.to(engine_device()), layer, int(unit))[0])
+
+    return _VIEWS.get(("image", model_key(model_path), layer, int(unit), array_key(arr)), compute)
+
+
 def atlas_job(
     model_path: str | Path,
     layer: str,
