@@ -5,7 +5,8 @@ the mean logit of class ``c`` over a region mask (:func:`region_forward`) — th
 ``c``, its false positives or false negatives, or a box. Captum's methods then attribute that
 scalar (:data:`METHODS`, each with a typed parameter schema the dashboard turns into widgets):
 
-* ``gradcam`` — :class:`captum.attr.LayerGradCam` on one BN unit layer, upsampled to the image;
+* ``gradcam`` — :class:`captum.attr.LayerGradCam` on one BN unit layer (an MiT attention layer:
+  the same weighting on the heads' output per token, :func:`_head_gradcam`), upsampled to the image;
 * ``ig`` — :class:`captum.attr.IntegratedGradients` from a black image;
 * ``smoothgrad`` — :class:`captum.attr.NoiseTunnel` around integrated gradients;
 * ``ablation`` — :class:`captum.attr.FeatureAblation` over predicted segments (the predicted class
@@ -89,8 +90,8 @@ class Method:
 _STEPS = Param("n_steps", "steps", "int", 16, 2, 128, 1, "Riemann steps from the black image to the image.")
 _BATCH = Param("internal_batch_size", "internal batch", "int", 8, 1, 64, 1, "Steps per forward (memory vs speed).")
 METHODS: dict[str, Method] = {m.name: m for m in (
-    Method("gradcam", "Grad-CAM (layer)", "LayerGradCam on the chosen BN layer: where that layer's evidence "
-           "for the target lies, at the layer's resolution.", (), True, True),
+    Method("gradcam", "Grad-CAM (layer)", "Grad-CAM on the chosen layer (a BN filter layer, or an attention "
+           "layer's heads): where that layer's evidence for the target lies, at the layer's resolution.", (), True, True),
     Method("ig", "Integrated Gradients", "Pixel attribution along the straight path from a black image.",
            (_STEPS, _BATCH), False, False),
     Method("smoothgrad", "Noise Tunnel (SmoothGrad over IG)", "Integrated gradients averaged over noisy copies "
@@ -168,6 +169,8 @@ def pixel_attribution(model: nn.Module, image: torch.Tensor, class_id: int, mask
     ``pred`` (the predicted class map) is needed by ``ablation``."""
     from captum.attr import FeatureAblation, IntegratedGradients, LayerAttribution, LayerGradCam, NoiseTunnel
 
+    from npdg.models.gates import attention_modules
+
     spec = method(method_name)
     p = spec.check(params)
     x = image.detach().clone()
@@ -181,9 +184,14 @@ def pixel_attribution(model: nn.Module, image: torch.Tensor, class_id: int, mask
             if layer is None:
                 raise ConfigError("Grad-CAM needs a layer")
             module = _unit_module(model, layer)
-            if not isinstance(module, nn.modules.batchnorm._BatchNorm):
-                raise ConfigError(f"Grad-CAM runs on a BN filter layer; {layer} is a {type(module).__name__}")
-            cam = LayerGradCam(f, module).attribute(x, relu_attributions=True)
+            heads = attention_modules(model)
+            if layer in heads:
+                cam = _head_gradcam(f, heads[layer], x)
+            elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+                cam = LayerGradCam(f, module).attribute(x, relu_attributions=True)
+            else:
+                raise ConfigError(f"Grad-CAM runs on a BN filter layer or an MiT attention layer; {layer} is a "
+                                  f"{type(module).__name__}")
             out = LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), interpolate_mode="bilinear")[0, 0]
         elif spec.name in ("ig", "smoothgrad"):
             ig = IntegratedGradients(f)
@@ -220,6 +228,33 @@ def pixel_attribution(model: nn.Module, image: torch.Tensor, class_id: int, mask
     if progress is not None:
         progress(1, 1)
     return out.detach().float().cpu().numpy()
+
+
+def _head_gradcam(f: Callable[[torch.Tensor], torch.Tensor], attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Grad-CAM on an MiT attention layer: the heads' output (``proj``'s input, ``[1, tokens, C]``)
+    is the layer's activation, its channels weighted by their mean gradient and summed per token,
+    ReLU'd, on the stage's token grid ``[1, 1, h, w]`` (h·w = tokens, the image's aspect ratio)."""
+    store: dict[str, torch.Tensor] = {}
+
+    def keep(_module, args):
+        store["a"] = args[0]
+        args[0].retain_grad()
+
+    handle = attn.proj.register_forward_pre_hook(keep)
+    try:
+        y = f(x.detach().clone().requires_grad_(True))
+        y.sum().backward()
+    finally:
+        handle.remove()
+    a = store["a"]
+    alpha = a.grad.mean(1, keepdim=True)  # [1, 1, C]
+    cam = torch.relu((a * alpha).sum(-1))  # [1, tokens]
+    h_img, w_img = x.shape[-2:]
+    tokens = cam.shape[1]
+    h = max(1, round((tokens * h_img / w_img) ** 0.5))
+    if tokens % h:
+        raise ConfigError(f"cannot lay {tokens} tokens on a grid of the image's aspect ratio")
+    return cam.reshape(1, 1, h, tokens // h).detach()
 
 
 # ------------------------------------------------------------------------------------------- units

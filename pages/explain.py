@@ -96,7 +96,7 @@ names = list(layers["layer"])
 default_layer = explain.default_layer(layers)
 layer = st.selectbox("Layer (Grad-CAM and the per-unit view)", names, index=names.index(default_layer), key="layer",
                      bind="query-params", format_func=heatmap.short_layer,
-                     help="A unit layer of model A (BN filters or attention heads; Grad-CAM needs a BN layer).")
+                     help="A unit layer of model A: BN filters, or an attention layer's heads (Grad-CAM and the unit view work on both).")
 
 
 def _box() -> tuple[int, int, int, int] | None:

@@ -95,3 +95,14 @@ def test_the_prune_pages_plan_and_bad_links():
         bad = open_page(PAGE, **query)
         assert not bad.exception, query
     assert np.isfinite(open_page(PAGE, method="ig", ig_n_steps="1e9").number_input(key="ig_n_steps").value)
+
+
+@pytest.mark.skipif(not (zoo.ZOO_DIR / "mitb0-erm" / "model.safetensors").is_file(), reason="zoo mitb0-erm not shipped")
+def test_segformer_heads_grad_cam_and_units():
+    at = open_page(PAGE, a="zoo:mitb0-erm", b="zoo:mitb0-dsp", target="class", **{"class": "road"})
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    heads = [n for n in at.selectbox(key="layer").options if ".attn" in n or "attention" in n]
+    assert heads, at.selectbox(key="layer").options[:5]
+    at.selectbox(key="layer").set_value(heads[-1]).run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert _images(at) == 2 and len(_chart(at, "Top")["data"][0]["x"]) >= 1

@@ -88,3 +88,21 @@ def test_segments_and_checks():
         A.check_region(np.zeros((4, 4), bool), (4, 4))
     with pytest.raises(ConfigError, match="the image"):
         A.check_region(np.ones((4, 5), bool), (4, 4))
+
+
+def test_gradcam_on_attention_heads_and_their_units():
+    torch.manual_seed(0)
+    from npdg.models.gates import add_head_gates, attention_modules
+
+    model = build_model("segformer", "mit_b0", 19).eval()
+    add_head_gates(model)
+    image = torch.rand(1, 3, 64, 128, generator=torch.Generator().manual_seed(2))
+    mask = np.zeros((64, 128), bool)
+    mask[10:40, 20:90] = True
+    layer = list(attention_modules(model))[-1]
+    cam = A.pixel_attribution(model, image, 0, mask, "gradcam", layer=layer)
+    assert cam.shape == (64, 128) and cam.min() >= 0 and cam.max() > 0
+    heads = A.unit_contributions(model, image, 0, mask, layer)
+    assert heads.shape == (int(attention_modules(model)[layer].num_heads),)
+    with pytest.raises(ConfigError, match="BN filter layer or an MiT attention layer"):
+        A.pixel_attribution(model, image, 0, mask, "gradcam", layer=layer + ".proj")
