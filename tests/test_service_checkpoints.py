@@ -135,3 +135,15 @@ def test_labels_of_each_kind_and_the_ones_refused():
         uploads.read_label(_png(np.zeros((4, 6, 3), np.uint8)), "l.png", (4, 6))
     with pytest.raises(DataError, match="label kind"):
         uploads.read_label(_png(train), "l.png", (4, 6), kind="coco")
+
+
+def test_oversized_files_are_refused_by_size(run, monkeypatch, dashboard_cache):
+    monkeypatch.setattr(ck, "MAX_CHECKPOINT_MB", 1)
+    with pytest.raises(DataError, match="the limit is 1 MB"):
+        ck.store_checkpoint(_bytes(run), "big.safetensors")
+    assert ck.stored_models() == []
+    monkeypatch.setattr(uploads, "MAX_UPLOAD_MB", 0.001)
+    png = _png(np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8))  # ~5 KB of noise
+    for read in (lambda: uploads.read_image(png, "big.png"), lambda: uploads.read_label(png, "big.png", (40, 40))):
+        with pytest.raises(DataError, match="the limit is 0.001 MB"):
+            read()

@@ -68,6 +68,12 @@ def _to_rgb(img, notes: list[str]):
     return img.convert("RGB")
 
 
+def _check_size(data: bytes, name: str) -> None:
+    """The widget and the server refuse bigger files already; this holds for any other caller too."""
+    if len(data) > MAX_UPLOAD_MB * 1_000_000:
+        raise DataError(f"{name} is {len(data) / 1e6:.1f} MB; the limit is {MAX_UPLOAD_MB} MB")
+
+
 def read_image(data: bytes, name: str = "upload", max_pixels: int | None = None) -> UploadedImage:
     """Decode an uploaded PNG/JPEG; DataError (with the reason) for anything else or a broken file."""
     from PIL import Image, ImageOps, UnidentifiedImageError
@@ -75,6 +81,7 @@ def read_image(data: bytes, name: str = "upload", max_pixels: int | None = None)
     limit = MAX_UPLOAD_PIXELS if max_pixels is None else int(max_pixels)
     if not data:
         raise DataError(f"{name}: the file is empty")
+    _check_size(data, name)
     notes: list[str] = []
     try:
         with warnings.catch_warnings():
@@ -131,6 +138,7 @@ def read_label(data: bytes, name: str, size: tuple[int, int], kind: str = "train
         raise DataError(f"label kind must be one of {', '.join(LABEL_KINDS)}, got {kind!r}")
     if not data:
         raise DataError(f"{name}: the file is empty")
+    _check_size(data, name)
     try:
         img = Image.open(io.BytesIO(data))
         if img.format != "PNG":
