@@ -12,7 +12,7 @@ import plotly.express as px
 import streamlit as st
 
 from app import components, state
-from app.inputs import dataset_image, dataset_panel
+from app.inputs import dataset_image, dataset_panel, your_image
 from npdg.service import data as service
 from npdg.service import datasets as real
 from npdg.service.data import CLASS_NAMES, DEFAULT_DOMAINS, DOMAIN_NAMES, DOMAIN_ROLES, SPLIT_LENGTHS
@@ -29,10 +29,25 @@ st.markdown(
     "column below has **identical labels** and differs in appearance only."
 )
 
-SOURCES = ("Embedded benchmark", "Real dataset")
+SOURCES = ("Embedded benchmark", "Real dataset", "Your image")
 origin = st.radio("Images from", SOURCES, key="data_src", bind="query-params", horizontal=True,
                   help="The embedded benchmark renders each scene in many domains; a real dataset (added in the sidebar "
-                       "or with `make app ARGS=\"--datasets NAME:ROOT\"`) has one look per image.")
+                       "or with `make app ARGS=\"--datasets NAME:ROOT\"`) has one look per image; your own image, with "
+                       "its label if you have one.")
+if origin == SOURCES[2]:
+    y1, y2, y3 = st.columns([2, 2, 2])
+    image, label = your_image(y1, y2, "data")
+    own_opacity = y3.slider("Label opacity", 0.0, 1.0, 0.5, 0.05, key="data_own_opacity", disabled=label is None)
+    left, right = st.columns(2)
+    left.image(image, caption="your image (working size)", width="stretch", output_format="JPEG")
+    if label is None:
+        right.info("No label: upload its label PNG to see the classes (metrics need a label too).")
+    else:
+        right.image(service.overlay(image, label, opacity=own_opacity), caption="with its label", width="stretch",
+                    output_format="JPEG")
+        st.subheader("Classes in your image")
+        components.class_chips(sorted({int(t) for t in np.unique(label) if t < len(CLASS_NAMES)}))
+    st.stop()
 if origin == SOURCES[1]:
     infos = dataset_panel()
     if not infos:

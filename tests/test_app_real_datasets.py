@@ -41,3 +41,21 @@ def test_compare_and_explain_run_on_an_image_of_a_configured_dataset(cityscapes,
     assert _images(at) == 2 and any("mIoU on your image" in m.value for m in at.markdown)
     at = open_page("../pages/explain.py", input="Real dataset", target="class", **{"class": "road"})
     assert not at.exception and not at.error, [e.value for e in at.error]
+
+
+def test_the_data_page_shows_your_image_with_its_label():
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    at = open_page(None, data_src="Your image")
+    assert not at.exception and any("Upload an image" in i.value for i in at.info)
+    buf, lab = io.BytesIO(), io.BytesIO()
+    Image.new("RGB", (120, 80), (90, 120, 200)).save(buf, format="PNG")
+    Image.fromarray(np.full((80, 120), 10, np.uint8)).save(lab, format="PNG")  # sky everywhere
+    at.file_uploader(key="data_upload").upload("mine.png", buf.getvalue(), "image/png").run()
+    assert not at.exception and _images(at) == 1 and any("No label" in i.value for i in at.info)
+    at.file_uploader(key="data_label").upload("mine_label.png", lab.getvalue(), "image/png").run()
+    assert not at.exception and not at.error and _images(at) == 2
+    assert any("sky" in m.value for m in at.markdown)
