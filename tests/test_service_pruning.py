@@ -193,3 +193,32 @@ def test_finetuning_runs_in_a_separate_process_with_progress_and_can_be_stopped(
         time.sleep(0.2)
     stopped = jobs.wait(long.key, 120)
     assert stopped.state == "failed" and "exited with" in stopped.error
+
+
+def test_a_single_flight_cache_computes_a_key_once_for_concurrent_callers():
+    import threading
+    import time
+
+    from npdg.service import LRU
+
+    cache, calls = LRU(4, single_flight=True), []
+
+    def slow():
+        calls.append(1)
+        time.sleep(0.2)
+        return len(calls)
+
+    out = []
+    threads = [threading.Thread(target=lambda: out.append(cache.get("k", slow))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert out == [1, 1, 1, 1] and calls == [1] and "k" in cache
+
+    def broken():
+        raise RuntimeError("no")
+
+    with pytest.raises(RuntimeError):
+        cache.get("x", broken)
+    assert cache.get("x", lambda: 7) == 7  # a failed flight leaves no trace

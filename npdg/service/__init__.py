@@ -104,26 +104,53 @@ class LRU:
     """A small thread-safe least-recently-used cache: ``get(key, compute)``.
 
     The value is computed outside the cache's own lock (callers take :func:`engine` where needed),
-    so a cache hit never waits for a running computation.
+    so a cache hit never waits for a running computation. With ``single_flight``, a second caller
+    asking for a key that another thread is computing waits for that result instead of computing
+    it again (for caches whose ``compute`` takes the engine lock itself and is never called while
+    holding it: a waiter holding the lock would deadlock the computing thread).
     """
 
-    def __init__(self, maxsize: int = 64) -> None:
+    def __init__(self, maxsize: int = 64, single_flight: bool = False) -> None:
         self.maxsize = int(maxsize)
         self._data: OrderedDict[Hashable, Any] = OrderedDict()
         self._lock = threading.Lock()
+        self._flights: dict[Hashable, threading.Event] | None = {} if single_flight else None
+
+    def __contains__(self, key: Hashable) -> bool:
+        with self._lock:
+            return key in self._data
+
+    def _store(self, key: Hashable, value: Any) -> None:
+        with self._lock:
+            self._data[key] = value
+            self._data.move_to_end(key)
+            while len(self._data) > self.maxsize:
+                self._data.popitem(last=False)
 
     def get(self, key: Hashable, compute: Callable[[], T]) -> T:
         with self._lock:
             if key in self._data:
                 self._data.move_to_end(key)
                 return self._data[key]
-        value = compute()
-        with self._lock:
-            self._data[key] = value
-            self._data.move_to_end(key)
-            while len(self._data) > self.maxsize:
-                self._data.popitem(last=False)
-        return value
+            flight = None if self._flights is None else self._flights.get(key)
+            own = self._flights is not None and flight is None
+            if own:
+                flight = self._flights[key] = threading.Event()
+        if flight is not None and not own:
+            flight.wait()
+            with self._lock:
+                if key in self._data:
+                    return self._data[key]
+            return self.get(key, compute)  # the other computation failed: try ourselves
+        try:
+            value = compute()
+            self._store(key, value)
+            return value
+        finally:
+            if own:
+                with self._lock:
+                    self._flights.pop(key, None)
+                flight.set()
 
     def clear(self) -> None:
         with self._lock:
@@ -137,9 +164,9 @@ class LRU:
 _CACHES: list[LRU] = []
 
 
-def lru(maxsize: int = 64) -> LRU:
+def lru(maxsize: int = 64, single_flight: bool = False) -> LRU:
     """A new :class:`LRU` that :func:`clear_caches` also empties."""
-    cache = LRU(maxsize)
+    cache = LRU(maxsize, single_flight)
     _CACHES.append(cache)
     return cache
 

@@ -40,7 +40,7 @@ DEFAULT_SIZE: tuple[int, int] = (128, 256)
 DROP_CHOICES: tuple[str, ...] = ("most_sensitive", "least_sensitive")
 _PLANS = lru(64)
 _PREDICTIONS = lru(64)
-_SCORES = lru(32)
+_SCORES = lru(32, single_flight=True)  # two sessions asking for the same what-if share one computation
 
 
 def _domains(domains: Sequence[str] | None) -> tuple[str, ...]:
@@ -331,7 +331,9 @@ def what_if(model_path: str | Path, plan: PruningPlan, *, n_images: int = 2, dom
             cost_size: tuple[int, int] = (512, 1024)) -> tuple[pd.DataFrame, PlanCost]:
     """:func:`masked_miou` and :func:`plan_cost` of one plan — what the Prune page shows for a rate.
     (Counting the FLOPs in a second thread during the forwards was measured and gained nothing: the
-    count is Python-bound and contends for the GIL.)"""
+    count is Python-bound and contends for the GIL. Prefetching the neighbouring rates in the
+    background was measured too: the next step got faster, every other page slower — on two cores
+    it competes for the CPU — so it is not done; README "Speed in the browser".)"""
     return masked_miou(model_path, plan, domains=domains, n_images=n_images), plan_cost(model_path, plan, tuple(cost_size))
 
 
