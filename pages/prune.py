@@ -33,8 +33,9 @@ st.markdown(
     "Pruning removes whole units — BN filters (with every channel coupled to them) and attention heads. "
     "NPDG ranks units by |γ| **after** a sparse training that pushed the *style-sensitive* ones towards zero, "
     "so cutting the smallest |γ| removes those units: the model gets cheaper and, the paper claims, "
-    "generalizes better (docs/method.md §4–5). Here the plan is applied as **soft masks** on the loaded model "
-    "(the shared model is never changed): instant, and equal to the physically pruned model before fine-tuning."
+    "generalizes better (docs/method.md §4–5). Here the plan is applied as **soft masks** on the loaded model — "
+    "or, when it removes a fifth of the FLOPs or more, on a physically pruned copy, which is faster — and the "
+    "shared model is never changed: the numbers equal the physically pruned model's before fine-tuning."
 )
 
 model = model_panel(default="zoo:r18-npdg-sparse")
@@ -119,7 +120,7 @@ except Exception as exc:  # a bad setting, a table for another model: a message,
 
 
 def _what_if(plan) -> None:
-    with st.spinner("Soft-masked forwards…"):
+    with st.spinner("Evaluating the plan on the scene set…"):
         scores, cost = pruning.what_if(model.path, plan, n_images=int(n_scenes))
     pruned, cand = plan.num_pruned, plan.candidates
     m = st.columns(4)

@@ -53,27 +53,32 @@ def _select(label: str, option: str):
     return use
 
 
-#: page → (deep link, title it shows, what a user does first)
+#: page → (deep link, title it shows, the text that says it is fully drawn — background jobs done —,
+#: what a user does first)
 PAGES = {
-    "data": ("/?scene=3&domains=source&domains=night&domains=fog", "Data — one scene, many domains", _slider),  # at /
-    "styles": ("/styles?k=4&scene=2", "Styles — what DSP imitates", _slider),
-    "sensitivity": ("/sensitivity?m=zoo:r18-dsp", "Sensitivity — which units react to style", _slider),
-    "prune": ("/prune?rate=0.3", "Prune — what if these units were gone?", _slider),
-    "compare": ("/compare?doms=source&doms=fog", "Compare — two models, one scene, every domain", _slider),
-    "explain": ("/explain?dom=fog", "Explain — why does a model predict this here?", _radio("class")),
+    "data": ("/?scene=3&domains=source&domains=night&domains=fog", "Data — one scene, many domains",
+             "Classes in this scene", _slider),  # the default page lives at /
+    "styles": ("/styles?k=4&scene=2", "Styles — what DSP imitates", "style 3", _slider),
+    "sensitivity": ("/sensitivity?m=zoo:r18-dsp", "Sensitivity — which units react to style", "Selected layer", _slider),
+    "prune": ("/prune?rate=0.3", "Prune — what if these units were gone?", "GFLOPs @ 512×1024", _slider),
+    "compare": ("/compare?doms=source&doms=fog", "Compare — two models, one scene, every domain",
+                "Val scene 0 in 2 domains", _slider),
+    "explain": ("/explain?dom=fog", "Explain — why does a model predict this here?", "The decision, unit by unit",
+                _radio("class")),
     "unit": ("/unit?layer=encoder.layer1.0.bn1&unit=5", "Unit — one filter or head across domains",
-             lambda page: page.get_by_role("button", name="Increment").first.click()),
-    "guide": ("/guide", "Guide — the method in six steps", _radio("DSP")),
+             "How strongly it fires, per domain", lambda page: page.get_by_role("button", name="Increment").first.click()),
+    "guide": ("/guide", "Guide — the method in six steps", "Glossary", _radio("DSP")),
 }
 
 
 @pytest.mark.parametrize("name", list(PAGES))
 def test_every_page_opens_and_its_main_widget_works(server, name):
-    link, title, use = PAGES[name]
+    link, title, ready, use = PAGES[name]
     with chromium() as browser:
         page = new_page(browser, height=1500)
         open_idle(page, server + link)
         page.get_by_text(title).first.wait_for(timeout=60_000)
+        page.get_by_text(ready).first.wait_for(timeout=300_000)  # e.g. the Unit page's atlas job has finished
         page.wait_for_selector(IDLE, timeout=180_000)
         seconds = timed(page, lambda: use(page), timeout_s=180)
         page.wait_for_selector(IDLE, timeout=180_000)
