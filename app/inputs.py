@@ -93,10 +93,9 @@ def dataset_panel() -> list:
     return usable
 
 
-def dataset_image(infos: list, spec_col, pick_col, key: str, stop: bool = True):
-    """One image of a real dataset at the working size with its label, and where it is from (a bad
-    file: a message, then the page stops or None is returned)."""
-    from npdg.service import datasets
+def dataset_choice(infos: list, spec_col, pick_col, key: str):
+    """Which image of which real dataset: (DatasetInfo, split, index) from three widgets."""
+    from app import state
 
     by_label = {i.label: i for i in infos}
     chosen = spec_col.selectbox("Dataset", list(by_label), key=f"{key}_dataset", help="A dataset from the sidebar.")
@@ -104,13 +103,20 @@ def dataset_image(infos: list, spec_col, pick_col, key: str, stop: bool = True):
     s1, s2 = pick_col.columns(2)
     split = s1.selectbox("Split", list(info.splits), key=f"{key}_dsplit")
     n = info.splits[split]
-    from app import state
-
     state.clamp_state(f"{key}_dindex", 0, n - 1)
     index = s2.number_input(f"Image (0 … {n - 1})", 0, n - 1, 0, 1, key=f"{key}_dindex")
+    return info, split, int(index)
+
+
+def dataset_image(infos: list, spec_col, pick_col, key: str, stop: bool = True):
+    """One image of a real dataset at the working size with its label, and where it is from (a bad
+    file: a message, then the page stops or None is returned)."""
+    from npdg.service import datasets
+
+    info, split, index = dataset_choice(infos, spec_col, pick_col, key)
     try:
-        image, label, stem = datasets.sample(info.spec, split, int(index))
+        image, label, stem = datasets.sample(info.spec, split, index)
     except Exception as exc:
         error_box(exc)
         return _halt(stop)
-    return image, label, f"{info.name} {split} #{int(index)} ({stem}), run at {image.shape[1]}×{image.shape[0]}"
+    return image, label, f"{info.name} {split} #{index} ({stem}), run at {image.shape[1]}×{image.shape[0]}"

@@ -114,18 +114,18 @@ def method(name: str) -> Method:
 
 # ----------------------------------------------------------------------------------------- targets
 def region_forward(model: nn.Module, plan: PruningPlan | None, class_id: int, mask: torch.Tensor,
-                   counter: list[int] | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+                   on_forward: Callable[[], None] | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
     """``x → mean over mask of the class-``class_id`` logit`` per image (the soft-masked model when
-    ``plan``); ``counter[0]`` counts the forwards (for progress)."""
+    ``plan``); ``on_forward()`` after each forward (how progress is counted)."""
     m = mask.to(dtype=torch.float32)
     area = m.sum().clamp_min(1.0)
 
     def forward(x: torch.Tensor) -> torch.Tensor:
-        if counter is not None:
-            counter[0] += 1
         logits = model(x) if plan is None or plan.is_empty else soft_forward(model, plan, x)
         if logits.shape[-2:] != m.shape:
             raise ConfigError(f"the model's output is {tuple(logits.shape[-2:])}, the region {tuple(m.shape)}")
+        if on_forward is not None:
+            on_forward()
         return (logits[:, int(class_id)] * m.to(logits.device)).sum((-2, -1)) / area.to(logits.device)
 
     return forward
@@ -175,10 +175,20 @@ def pixel_attribution(model: nn.Module, image: torch.Tensor, class_id: int, mask
     p = spec.check(params)
     x = image.detach().clone()
     region = check_region(mask, tuple(x.shape[-2:]))
-    counter = [0]
-    f = region_forward(model, plan, class_id, region, counter)
-    total = {"ig": -(-p.get("n_steps", 1) // p.get("internal_batch_size", 1)),
-             "smoothgrad": p.get("nt_samples", 1) * -(-p.get("n_steps", 1) // p.get("internal_batch_size", 1))}
+    seg = None
+    if spec.name == "ablation":
+        if pred is None:
+            raise ConfigError("feature ablation needs the predicted class map")
+        seg = torch.from_numpy(segments(np.asarray(pred), p["cells"])).to(x.device)[None, None].expand_as(x)
+    total = _forwards(spec.name, p, 0 if seg is None else int(seg.max()) + 1)
+    done = [0]
+
+    def tick() -> None:
+        done[0] += 1
+        if progress is not None:
+            progress(min(done[0], total), total)
+
+    f = region_forward(model, plan, class_id, region, tick)
     with torch.enable_grad():
         if spec.name == "gradcam":
             if layer is None:
@@ -196,38 +206,29 @@ def pixel_attribution(model: nn.Module, image: torch.Tensor, class_id: int, mask
         elif spec.name in ("ig", "smoothgrad"):
             ig = IntegratedGradients(f)
             kw = dict(baselines=torch.zeros_like(x), n_steps=p["n_steps"], internal_batch_size=p["internal_batch_size"])
-            if progress is not None:
-                counter_total = total[spec.name]
-                watched = f
-
-                def f_progress(z: torch.Tensor) -> torch.Tensor:
-                    y = watched(z)
-                    progress(min(counter[0], counter_total), counter_total)
-                    return y
-
-                ig = IntegratedGradients(f_progress)
             if spec.name == "ig":
                 out = ig.attribute(x, **kw)[0].sum(0)
             else:
                 out = NoiseTunnel(ig).attribute(x, nt_type="smoothgrad", nt_samples=p["nt_samples"],
                                                 stdevs=p["stdevs"], **kw)[0].sum(0)
         else:
-            if pred is None:
-                raise ConfigError("feature ablation needs the predicted class map")
-            seg = torch.from_numpy(segments(np.asarray(pred), p["cells"])).to(x.device)[None, None].expand_as(x)
-            n = int(seg.max()) + 1
-
-            def f_count(z: torch.Tensor) -> torch.Tensor:
-                y = f(z)
-                if progress is not None:
-                    progress(min(counter[0] * p["perturbations_per_eval"], n), n)
-                return y
-
-            out = FeatureAblation(f_count).attribute(x, feature_mask=seg, baselines=0.0,
-                                                     perturbations_per_eval=p["perturbations_per_eval"])[0, 0]
+            out = FeatureAblation(f).attribute(x, feature_mask=seg, baselines=0.0,
+                                               perturbations_per_eval=p["perturbations_per_eval"])[0, 0]
     if progress is not None:
         progress(1, 1)
     return out.detach().float().cpu().numpy()
+
+
+def _forwards(name: str, p: dict, n_segments: int) -> int:
+    """How many forwards a method makes (captum batches IG steps and ablated segments)."""
+    steps = -(-p.get("n_steps", 1) // p.get("internal_batch_size", 1))
+    if name == "ig":
+        return steps
+    if name == "smoothgrad":
+        return p["nt_samples"] * steps
+    if name == "ablation":
+        return 1 + -(-n_segments // p["perturbations_per_eval"])  # the unablated forward first
+    return 1
 
 
 def _head_gradcam(f: Callable[[torch.Tensor], torch.Tensor], attn: nn.Module, x: torch.Tensor) -> torch.Tensor:

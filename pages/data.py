@@ -12,7 +12,7 @@ import plotly.express as px
 import streamlit as st
 
 from app import components, state
-from app.inputs import dataset_image, dataset_panel, your_image
+from app.inputs import dataset_choice, dataset_panel, your_image
 from npdg.service import data as service
 from npdg.service import datasets as real
 from npdg.service.data import CLASS_NAMES, DEFAULT_DOMAINS, DOMAIN_NAMES, DOMAIN_ROLES, SPLIT_LENGTHS
@@ -55,25 +55,24 @@ if origin == SOURCES[1]:
                 "`cityscapes:/data/cityscapes`) or start with `make app ARGS=\"--datasets NAME:ROOT\"`.")
         st.stop()
     r1, r2, r3 = st.columns([2, 2, 2])
-    first, first_label, where = dataset_image(infos, r1, r2, "data")
+    info, split_r, start = dataset_choice(infos, r1, r2, "data")
     real_opacity = r3.slider("Label opacity", 0.0, 1.0, 0.5, 0.05, key="data_real_opacity")
-    info = next(i for i in infos if i.label == st.session_state["data_dataset"])
-    split_r, start = st.session_state["data_dsplit"], int(st.session_state["data_dindex"])
-    n_r = info.splits[split_r]
     st.caption(f"Real datasets have no same-scene renderings: six consecutive images of {info.name} {split_r} "
-               f"from #{start}, each with its own label ({where.split(', run at')[0]} first).")
+               f"from #{start}, each with its own label.")
     cols = st.columns(3)
-    for k, i in enumerate(range(start, min(start + 6, n_r))):
+    present_r: set[int] = set()
+    for k, i in enumerate(range(start, min(start + 6, info.splits[split_r]))):
         try:
             img, lab, stem = real.sample(info.spec, split_r, i)
         except Exception as exc:
             cols[k % 3].error(f"#{i}: {exc}")
             continue
+        if not present_r:
+            present_r = {int(t) for t in np.unique(lab) if t < len(CLASS_NAMES)}
         cols[k % 3].image(service.overlay(img, lab, opacity=real_opacity), caption=f"#{i} {stem}", width="stretch",
                           output_format="JPEG")
-    present_r = sorted({int(t) for t in np.unique(first_label) if t < len(CLASS_NAMES)})
     st.subheader("Classes in the first image")
-    components.class_chips(present_r)
+    components.class_chips(sorted(present_r))
     st.stop()
 
 domain_names = list(DOMAIN_NAMES)

@@ -185,6 +185,27 @@ def readonly(a: np.ndarray) -> np.ndarray:
     return a
 
 
+def check_images(images, what: str = "images") -> np.ndarray:
+    """``images`` as a uint8 array ``[N, H, W, 3]`` (one ``[H, W, 3]`` image becomes N = 1);
+    ConfigError naming the shape and dtype otherwise."""
+    from npdg.errors import ConfigError
+
+    arr = np.asarray(images)
+    if arr.ndim == 3:
+        arr = arr[None]
+    if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
+        raise ConfigError(f"{what} must be uint8 [H, W, 3] or [N, H, W, 3], got {arr.dtype} {list(np.shape(images))}")
+    return arr
+
+
+def image_batch(images):
+    """uint8 ``[H, W, 3]`` / ``[N, H, W, 3]`` images (checked) → a new float tensor ``[N, 3, H, W]``
+    in [0, 1], the models' input (the arrays may be read-only: they are copied)."""
+    import torch
+
+    return torch.from_numpy(np.array(check_images(images))).permute(0, 3, 1, 2).float().div_(255.0)
+
+
 def array_key(a: np.ndarray) -> tuple:
     """A cache key for an array's content: shape, dtype and a SHA-1 of its bytes."""
     a = np.ascontiguousarray(a)
@@ -256,6 +277,6 @@ def shared_dsp(path: str | Path):
 
 
 __all__ = [
-    "DeviceInfo", "ENGINE_LOCK", "LRU", "NpdgError", "array_key", "clear_caches", "device_info", "engine", "engine_device",
+    "DeviceInfo", "ENGINE_LOCK", "LRU", "NpdgError", "array_key", "check_images", "image_batch", "clear_caches", "device_info", "engine", "engine_device",
     "file_key", "is_busy", "lru", "model_key", "readonly", "shared_dsp", "shared_model",
 ]

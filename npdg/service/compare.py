@@ -28,7 +28,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from npdg.errors import ConfigError
 from npdg.explain import ErrorMap, error_map, error_overlay
 from npdg.service import engine, engine_device, lru, model_key, readonly, shared_model
 from npdg.service.data import DOMAIN_NAMES, DOMAIN_ROLES
@@ -146,17 +145,15 @@ _REF_SCORES = lru(32)
 
 def ref_predict_images(ref: ModelRef, images: np.ndarray) -> np.ndarray:
     """Predicted train ids (uint8 ``[N, H, W]``, read-only) of ``ref`` on uint8 images ``[N, H, W, 3]``."""
-    from npdg.service import array_key
+    from npdg.service import array_key, check_images, image_batch
     from npdg.service.pruning import soft_logits
 
-    arr = np.asarray(images)
-    if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
-        raise ConfigError(f"images must be uint8 [N, H, W, 3], got {arr.dtype} {list(arr.shape)}")
+    arr = check_images(images)
 
     def compute() -> np.ndarray:
         import torch
 
-        x = torch.from_numpy(np.array(arr)).permute(0, 3, 1, 2).float().div(255.0)  # a writable copy
+        x = image_batch(arr)
         with engine():
             model = shared_model(ref.path)
             x = x.to(engine_device()).contiguous(memory_format=torch.channels_last)

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from npdg.errors import ConfigError
-from npdg.service import engine, engine_device, jobs, lru, model_key, readonly, shared_model
+from npdg.service import check_images, engine, engine_device, image_batch, jobs, lru, model_key, readonly, shared_model
 from npdg.service.data import DEFAULT_DOMAINS, DOMAIN_NAMES, scene_batch, scene_views
 
 ProgressFn = Callable[[int, int], None]
@@ -148,9 +148,7 @@ def unit_view(
 
         views = scene_views(split, int(scene), doms, tuple(size))
         images = np.stack([v.image for v in views])
-        import torch
-
-        x = torch.from_numpy(images.copy()).permute(0, 3, 1, 2).float().div_(255.0)
+        x = image_batch(images)
         with engine():
             maps = unit_maps(shared_model(model_path), x.to(engine_device()), layer, int(unit))
         return UnitView(layer, int(unit), kind, int(scene), split, doms, readonly(images), readonly(maps),
@@ -167,18 +165,13 @@ def image_unit_map(model_path: str | Path, layer: str, unit: int, image: np.ndar
     kind, n_units = _unit_size(model_path, layer)
     if not 0 <= int(unit) < n_units:
         raise ConfigError(f"unit {unit} is out of range: {layer!r} has units 0 … {n_units - 1}")
-    arr = np.asarray(image)
-    if arr.ndim != 3 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
-        raise ConfigError(f"image must be uint8 [H, W, 3], got {arr.dtype} {list(arr.shape)}")
+    arr = check_images(image, "image")[0]
 
     def compute() -> np.ndarray:
-        import torch
-
         from npdg.explain import unit_maps
 
-        x = torch.from_numpy(np.array(arr)).permute(2, 0, 1)[None].float().div_(255.0)
         with engine():
-            return readonly(unit_maps(shared_model(model_path), x.to(engine_device()), layer, int(unit))[0])
+            return readonly(unit_maps(shared_model(model_path), image_batch(arr).to(engine_device()), layer, int(unit))[0])
 
     return _VIEWS.get(("image", model_key(model_path), layer, int(unit), array_key(arr)), compute)
 
@@ -332,15 +325,6 @@ _PIXELS = lru(64)
 _UNITS = lru(64)
 
 
-def _input(image: np.ndarray):
-    import torch
-
-    arr = np.asarray(image)
-    if arr.ndim != 3 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
-        raise ConfigError(f"image must be uint8 [H, W, 3], got {arr.dtype} {list(arr.shape)}")
-    return torch.from_numpy(np.array(arr)).permute(2, 0, 1)[None].float().div(255.0)  # a writable copy
-
-
 def _key(ref, image: np.ndarray, label: np.ndarray | None, target: Target) -> tuple:
     from npdg.service import array_key
 
@@ -374,7 +358,7 @@ def pixel_attribution(ref, image: np.ndarray, label: np.ndarray | None, target: 
     def compute() -> PixelAttribution:
         pred = ref_predict_images(ref, np.asarray(image)[None])[0]
         region = target.mask(pred, label)
-        x = _input(image)
+        x = image_batch(image)
         t0 = time.perf_counter()
         with engine():
             model = shared_model(ref.path)
@@ -420,7 +404,7 @@ def unit_table(ref, image: np.ndarray, label: np.ndarray | None, target: Target,
         region = target.mask(pred, label)
         with engine():
             model = shared_model(ref.path)
-            return attribution.unit_contributions(model, _input(image).to(engine_device()), target.class_id, region,
+            return attribution.unit_contributions(model, image_batch(image).to(engine_device()), target.class_id, region,
                                                   layer, plan=ref.plan)
 
     contrib = _UNITS.get(key, compute)

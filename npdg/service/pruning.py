@@ -586,23 +586,28 @@ def _save_marker(folder: Path, path: Path) -> None:
     atomic_write_text(str(folder) + "\n", path)
 
 
-def _load_marker(path: Path) -> Path:
-    folder = Path(path.read_text().strip())
-    if not all((folder / f).is_file() for f in EXPORT_FILES):
-        raise FileNotFoundError(f"the exported run {folder} is incomplete")
-    return folder
+def _folder_store(name: str, files: tuple[str, ...]):
+    """A job store whose result is a run folder: the index file holds its path, and a folder that
+    lost any of ``files`` since counts as gone (the job is then run again)."""
+
+    def load(path: Path) -> Path:
+        folder = Path(path.read_text().strip())
+        if not all((folder / f).is_file() for f in files):
+            raise FileNotFoundError(f"the run {folder} is incomplete or gone")
+        return folder
+
+    return jobs.Store(name, ".path", _save_marker, load)
 
 
-def _export_store():
-    return jobs.Store("exports-index", ".path", _save_marker, _load_marker)
-
-
-_EXPORT_STORE = _export_store()
+_EXPORT_STORE = _folder_store("exports-index", EXPORT_FILES)
 
 
 def export_dir(status) -> Path | None:
-    """The run folder of a finished :func:`export_job`, or None."""
+    """The run folder of a finished :func:`export_job` (or :func:`finetune_job`), or None."""
     return None if status is None else jobs.result(status.key)
+
+
+finetune_dir = export_dir
 
 
 def export_zip(folder: str | Path) -> bytes:
@@ -714,11 +719,6 @@ def finetune_job(model_path: str | Path, name: str, *, iters: int = 200, threads
     return jobs.submit(parts, compute, label=label, store=_FINETUNE_STORE)
 
 
-def finetune_dir(status) -> Path | None:
-    """The run folder of a finished :func:`finetune_job`, or None."""
-    return None if status is None else jobs.result(status.key)
-
-
 def stop_finetune(status) -> bool:
     """End a running :func:`finetune_job`'s process; True if there was one."""
     proc = None if status is None else _PROCESSES.get(status.key)
@@ -728,14 +728,7 @@ def stop_finetune(status) -> bool:
     return True
 
 
-def _load_run_marker(path: Path) -> Path:
-    folder = Path(path.read_text().strip())
-    if not (folder / "model.safetensors").is_file():
-        raise FileNotFoundError(f"the fine-tuned run {folder} is gone")
-    return folder
-
-
-_FINETUNE_STORE = jobs.Store("finetune-index", ".path", _save_marker, _load_run_marker)
+_FINETUNE_STORE = _folder_store("finetune-index", ("model.safetensors",))
 
 
 __all__ = ["CURVE_COLUMNS", "CURVE_RATES", "DEFAULT_SIZE", "DROP_CHOICES", "EXPORT_FILES", "LAYER_COLUMNS",

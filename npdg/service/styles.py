@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 
 from npdg.dsp.explore import TRAVERSE_VALUES, StyleGrid, TraverseGrid, style_grid, traverse_grid
-from npdg.errors import ConfigError
 from npdg.recipes.prune import DEFAULT_DSP as REPO_DSP
 from npdg.service import array_key, engine, file_key, lru, model_key, shared_dsp, shared_model
 from npdg.service.data import SOURCE_DOMAIN, scene_batch
@@ -59,16 +58,14 @@ def dsp_info(dsp_path: str | Path) -> DSPInfo:
 def _input(split: str, index: int, domain: str, size: tuple[int, int] | None, image: np.ndarray | None):
     """(key, images [1, 3, H, W], labels [1, H, W] or None) of a scene or an uploaded image."""
     if image is not None:
-        import torch
+        from npdg.service import check_images, image_batch
 
-        arr = np.asarray(image)
-        if arr.ndim != 3 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
-            raise ConfigError(f"an uploaded image must be uint8 [H, W, 3], got {arr.dtype} {list(arr.shape)}")
+        arr = check_images(image, "an uploaded image")[0]
         if size is not None and tuple(arr.shape[:2]) != tuple(size):
             from npdg.data.transforms import resize_image
 
             arr = resize_image(arr, tuple(size))
-        x = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).float().div(255.0)[None]
+        x = image_batch(arr)
         return ("upload", array_key(arr)), x, None
     size = tuple(size or DEFAULT_SIZE)
     images, labels = scene_batch(domain, split, [int(index)], size)
