@@ -84,7 +84,7 @@ SESSION = {
     "data: opacity slider": ("/?scene=3&domains=source&domains=night&domains=fog", "Classes in this scene", _slider()),
     "styles: K slider": ("/styles?k=4&scene=2", "style 0", _slider()),
     "sensitivity: λ slider": ("/sensitivity", "Selected layer", _slider()),
-    "prune: rate slider": ("/prune?rate=0.3", "GFLOPs @ 512×1024", _sweep(8, 6)),  # 0.30 → 0.70 → 0.00 → …
+    "prune: rate slider": ("/prune?rate=0.3", "GFLOPs @ 512×1024", _sweep(4, 6)),  # 0.30 → 0.50 → 0.00 → …: low and high rates
     "compare: opacity slider": ("/compare?doms=source&doms=fog&doms=night", "Val scene 0 in 3 domains", _slider()),
     "explain: region radio (Grad-CAM A vs B)": ("/explain?dom=fog&target=class&class=road", "The decision, unit by unit",
                                                 _radio("false negatives", "class")),
@@ -101,19 +101,24 @@ def _stats(times: list[float]) -> tuple[float, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--interactions", type=int, default=100)
+    ap.add_argument("--only", default="", help="only the interactions whose name starts with this (e.g. prune)")
     args = ap.parse_args()
+    session = {k: v for k, v in SESSION.items() if k.startswith(args.only)}
+    if not session:
+        ap.error(f"no interaction starts with {args.only!r}; names: {', '.join(SESSION)}")
     import torch
 
     print(f"machine: {platform.system()} {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
           f"python {platform.python_version()}, Debian chromium (headless)")
-    print(f"command: python bench/bench_dashboard.py --interactions {args.interactions}")
+    print(f"command: python bench/bench_dashboard.py --interactions {args.interactions}"
+          + (f" --only {args.only}" if args.only else ""))
     print("figures: seconds from the input to 'script done' in the browser; server = the streamlit process")
     cache = Path(tempfile.mkdtemp(prefix="npdg-bench-dashboard-"))
     t_start = time.perf_counter()
     with dashboard(cache) as (url, proc, healthy), chromium() as browser:
         pages = {}
         first = True
-        for name, (link, ready, _) in SESSION.items():
+        for name, (link, ready, _) in session.items():
             page = new_page(browser)
             open_idle(page, url + link)
             page.get_by_text(ready).first.wait_for(timeout=300_000)
@@ -124,19 +129,19 @@ def main() -> None:
                       f"{healthy:.2f} s)  {'ok' if cold <= 10 else 'SLOW (target 10 s)'}", flush=True)
                 first = False
             pages[name] = page
-        for name, (_, _, act) in SESSION.items():  # warm-up: one of each
+        for name, (_, _, act) in session.items():  # warm-up: one of each
             pages[name].bring_to_front()  # the tab a user looks at (background tabs are throttled)
             timed(pages[name], lambda a=act, p=pages[name]: a(p), timeout_s=120)
             pages[name].wait_for_selector(IDLE, timeout=300_000)
         rss0 = rss_mb(proc.pid)
         samples: dict[str, list[float]] = {}
-        names = list(SESSION)
+        names = list(session)
         for i in range(args.interactions):
             name = names[i % len(names)]
             page = pages[name]
             page.bring_to_front()
             kind = []
-            seconds = timed(page, lambda a=SESSION[name][2], p=page, k=kind: k.append(a(p)), timeout_s=120)
+            seconds = timed(page, lambda a=session[name][2], p=page, k=kind: k.append(a(p)), timeout_s=120)
             samples.setdefault(name + (f", a {kind[0]} value" if kind and kind[0] else ""), []).append(seconds)
             page.wait_for_selector(IDLE, timeout=300_000)
         rss1 = rss_mb(proc.pid)

@@ -486,10 +486,34 @@ def _group_by_shape(items: Sequence[tuple]) -> list[list[int]]:
     return list(groups.values())
 
 
-def _amp_context(device: torch.device, amp: str):
+def native_bf16(device: torch.device | str) -> bool:
+    """Whether bf16 arithmetic runs natively on ``device``: CUDA with bf16 support, or a CPU with AMX
+    tiles or AVX512-BF16 (the oneDNN kernels that make bf16 convolutions ~2× faster than fp32 there;
+    elsewhere bf16 is emulated and slower, so it is not used)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    probes = (getattr(torch.cpu, "_is_amx_tile_supported", None), getattr(torch.cpu, "_is_avx512_bf16_supported", None))
+    return any(bool(p()) for p in probes if p is not None)
+
+
+def amp_context(device: torch.device | str, amp: str):
+    """(autocast context, the precision used) for inference on ``device``.
+
+    ``amp``: ``auto`` (CUDA: bf16 where supported, else fp16; CPU: off, so CPU numbers stay exact
+    fp32), ``bf16`` (CUDA, or a CPU where :func:`native_bf16`; otherwise off), ``fp16`` (CUDA only;
+    off elsewhere) or ``off``. The precision actually used is returned so results can record it.
+    """
     if amp not in AMP_CHOICES:
         raise ConfigError(f"amp must be one of {', '.join(AMP_CHOICES)}; got {amp!r}")
-    if device.type != "cuda" or amp == "off":
+    device = torch.device(device)
+    if amp == "off" or device.type not in ("cuda", "cpu"):
+        return nullcontext(), "off"
+    if device.type == "cpu":
+        if amp == "bf16" and native_bf16(device):
+            return torch.autocast("cpu", dtype=torch.bfloat16), "bf16"
         return nullcontext(), "off"
     if amp == "auto":
         amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
@@ -606,7 +630,7 @@ def evaluate(
     the model's own device); eval mode and channels_last (CUDA) hold only during the call.
     ``limit``: first N images of each domain. ``targets``: the domains averaged into
     ``mean_target_miou`` — by default every domain but ``source`` (default source: the synthetic
-    source domain when present). ``amp``: auto (bf16, else fp16, on CUDA only) / bf16 / fp16 / off.
+    source domain when present). ``amp``: see :func:`amp_context` (auto = bf16, else fp16, on CUDA; exact fp32 on CPU).
     ``channels_last``: default on CUDA, except for a DistributedDataParallel-wrapped model (changing
     its parameters' layout mid-training would desynchronize DDP's gradient buckets).
     ``checkpoint`` and ``seed`` are recorded in the protocol record. Under ``torch.distributed``
@@ -636,7 +660,7 @@ def evaluate(
         if progress is not None:
             progress(done, total)
 
-    amp_ctx, amp_used = _amp_context(device, amp)
+    amp_ctx, amp_used = amp_context(device, amp)
     if channels_last is None:
         channels_last = device.type == "cuda" and not isinstance(model, nn.parallel.DistributedDataParallel)
     results, resolution, splits = {}, {}, {}

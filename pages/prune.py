@@ -8,12 +8,14 @@ Criterion, rate, mode, threshold, cap, rounding, units and scene count are bound
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+
 import plotly.graph_objects as go
 import streamlit as st
 
 from app import components, figures, heatmap
 from app import jobs as jobs_ui
-from app.models import PLAN_STATE, model_panel  # the plan is offered as model B on Compare and Explain
+from app.models import PLAN_STATE, ModelChoice, model_panel  # the plan is offered as model B on Compare and Explain
 from npdg.service import pruning
 
 CRITERIA = ("npdg", "slimming", "l1norm", "random", "sensitivity")
@@ -35,7 +37,9 @@ st.markdown(
     "so cutting the smallest |γ| removes those units: the model gets cheaper and, the paper claims, "
     "generalizes better (docs/method.md §4–5). Here the plan is applied as **soft masks** on the loaded model — "
     "or, when it removes a fifth of the FLOPs or more, on a physically pruned copy, which is faster — and the "
-    "shared model is never changed: the numbers equal the physically pruned model's before fine-tuning."
+    "shared model is never changed: the numbers equal the physically pruned model's before fine-tuning (in "
+    "fp32 — the default *fast* precision computes in bf16 where this machine does so natively, within about a "
+    "tenth of a point on the means)."
 )
 
 model = model_panel(default="zoo:r18-npdg-sparse")
@@ -48,81 +52,105 @@ except Exception as exc:  # a model that cannot be loaded, or one with no prunab
     components.error_box(exc)
     st.stop()
 
-c1, c2, c3, c4 = st.columns([3, 3, 2, 2])
-criterion = c1.radio("Criterion", CRITERIA, key="crit", bind="query-params", horizontal=True,
-                     help=" · ".join(f"**{k}**: {v}" for k, v in CRITERION_HELP.items()))
-rate = c2.slider("Rate r", 0.0, 0.7, 0.3, 0.05, key="rate", bind="query-params",
-                 help="Share of the candidate units to prune (per kind: filters and heads are counted separately).")
-n_scenes = c3.select_slider("Scenes per domain", [2, 4, 8], 2, key="n", bind="query-params",
-                            help="How many val scenes per domain the what-if mIoU uses (the first N). More is slower "
-                                 "and steadier; every figure says how many.")
-units_choices = [u for u in UNITS if u == "all" or (u == "filters" and "filter" in facts.kinds)
-                 or (u == "heads" and "head" in facts.kinds)]
-units = c4.radio("Units", units_choices, key="units", bind="query-params", horizontal=True,
-                 help="Which kinds of unit may be pruned: " + ", ".join(f"{k} = {v}" for k, v in UNITS.items())
-                      + " (SegFormer: its attention heads and its decoder's filters).")
+@dataclass(frozen=True)
+class View:
+    """What the page's widgets chose, and the plan they make (``plan_error`` when they make none)."""
 
-with st.expander("Threshold mode, per-layer cap, rounding", expanded=False):
-    e1, e2, e3, e4 = st.columns(4)
-    use_threshold = e1.toggle("Threshold mode", key="thr_on", bind="query-params",
-                              help="Prune units whose score is below a threshold, at most the rate r.")
-    threshold = e2.number_input("Threshold", 1e-6, 1e6, 0.05, format="%.4f", key="thr", bind="query-params",
-                                disabled=not use_threshold, help="Score (e.g. |γ|) below which a unit is pruned.")
-    cap = e3.slider("Per-layer cap", 0.1, 1.0, float(pruning.DEFAULT_MAX_LAYER_RATIO), 0.05, key="cap",
-                    bind="query-params", help="At most this share of one coupling group is pruned.")
-    round_to = e4.select_slider("Round kept channels to", [1, 2, 4, 8, 16], int(pruning.DEFAULT_ROUND_TO), key="round",
-                                bind="query-params", help="Kept channels per group: a multiple of this (hardware-friendly).")
-settings = dict(criterion=criterion, rate=float(rate), threshold=float(threshold) if use_threshold else None,
-                round_to=int(round_to), max_layer_ratio=float(cap), units=units)
+    model: ModelChoice
+    facts: pruning.ModelFacts
+    criterion: str
+    rate: float
+    n_scenes: int
+    units: str
+    precision: str
+    round_to: int
+    cap: float
+    settings: dict
+    plan: object = None
+    plan_error: Exception | None = None
 
 
-def _sensitivity_table():
+def _controls(model: ModelChoice, facts: pruning.ModelFacts) -> View:
+    """The criterion, rate, scene count and unit kinds, the expander's limits, and the plan they make."""
+    c1, c2, c3, c4 = st.columns([3, 3, 2, 2])
+    criterion = c1.radio("Criterion", CRITERIA, key="crit", bind="query-params", horizontal=True,
+                         help=" · ".join(f"**{k}**: {v}" for k, v in CRITERION_HELP.items()))
+    rate = c2.slider("Rate r", 0.0, 0.7, 0.3, 0.05, key="rate", bind="query-params",
+                     help="Share of the candidate units to prune (per kind: filters and heads are counted separately).")
+    n_scenes = c3.select_slider("Scenes per domain", [2, 4, 8], 2, key="n", bind="query-params",
+                                help="How many val scenes per domain the what-if mIoU uses (the first N). More is slower "
+                                     "and steadier; every figure says how many.")
+    units_choices = [u for u in UNITS if u == "all" or (u == "filters" and "filter" in facts.kinds)
+                     or (u == "heads" and "head" in facts.kinds)]
+    units = c4.radio("Units", units_choices, key="units", bind="query-params", horizontal=True,
+                     help="Which kinds of unit may be pruned: " + ", ".join(f"{k} = {v}" for k, v in UNITS.items())
+                          + " (SegFormer: its attention heads and its decoder's filters).")
+
+    with st.expander("Threshold mode, per-layer cap, rounding, precision", expanded=False):
+        e1, e2, e3, e4, e5 = st.columns(5)
+        use_threshold = e1.toggle("Threshold mode", key="thr_on", bind="query-params",
+                                  help="Prune units whose score is below a threshold, at most the rate r.")
+        threshold = e2.number_input("Threshold", 1e-6, 1e6, 0.05, format="%.4f", key="thr", bind="query-params",
+                                    disabled=not use_threshold, help="Score (e.g. |γ|) below which a unit is pruned.")
+        cap = e3.slider("Per-layer cap", 0.1, 1.0, float(pruning.DEFAULT_MAX_LAYER_RATIO), 0.05, key="cap",
+                        bind="query-params", help="At most this share of one coupling group is pruned.")
+        round_to = e4.select_slider("Round kept channels to", [1, 2, 4, 8, 16], int(pruning.DEFAULT_ROUND_TO), key="round",
+                                    bind="query-params", help="Kept channels per group: a multiple of this (hardware-friendly).")
+        precision = e5.radio("What-if precision", pruning.PRECISIONS, key="prec", bind="query-params", horizontal=True,
+                             help="**fast**: bf16 where this machine runs it natively (a CPU with AMX or AVX512-BF16, "
+                                  "or CUDA) — about half the time per forward, within ~0.1 point of fp32 on the source "
+                                  "and held-out means (measured on the zoo; docs/dashboard.md §4); fp32 elsewhere. "
+                                  "**exact**: fp32, the numbers `npdg eval` gives. The curves are always exact.")
+    settings = dict(criterion=criterion, rate=float(rate), threshold=float(threshold) if use_threshold else None,
+                    round_to=int(round_to), max_layer_ratio=float(cap), units=units)
+    v = View(model, facts, criterion, float(rate), int(n_scenes), units, precision, int(round_to), float(cap), settings)
+    try:
+        return replace(v, plan=_plan(v))
+    except Exception as exc:  # a bad setting, a table for another model: a message, never a traceback
+        return replace(v, plan_error=exc)
+
+
+def _sensitivity_table(v: View):
     """The saved DSP sensitivity table the proxy criterion ranks by (None with a message when absent)."""
     from npdg.service import sensitivity as sens
 
-    path = sens.saved_table_path(model.path, "dsp")
+    path = sens.saved_table_path(v.model.path, "dsp")
     if path is None:
-        st.warning(f"{model.id} has no saved sensitivity table: the proxy criterion needs one (compute it on the "
+        st.warning(f"{v.model.id} has no saved sensitivity table: the proxy criterion needs one (compute it on the "
                    "Sensitivity page with `python -m npdg sensitivity`, or pick another criterion).")
     return path
 
 
-def _notes() -> None:
+def _notes(v: View) -> None:
     """Say plainly which model the criterion is meant for, and what masking a non-sparse model does."""
-    if criterion in ("npdg", "slimming") and facts.mode != criterion:
+    if v.criterion in ("npdg", "slimming") and v.facts.mode != v.criterion:
         st.warning(
-            f"**{criterion}** means |γ| of a model sparse-trained with {'sensitivity-weighted' if criterion == 'npdg' else 'plain'} "
-            f"L1 — this model was trained with mode `{facts.mode}`, so this ranks its γ as they are. For the "
-            f"real criterion pick the zoo's `{'npdg' if criterion == 'npdg' else 'slimming'}-sparse` model.")
-    if not facts.sparse_trained:
+            f"**{v.criterion}** means |γ| of a model sparse-trained with {'sensitivity-weighted' if v.criterion == 'npdg' else 'plain'} "
+            f"L1 — this model was trained with mode `{v.facts.mode}`, so this ranks its γ as they are. For the "
+            f"real criterion pick the zoo's `{'npdg' if v.criterion == 'npdg' else 'slimming'}-sparse` model.")
+    if not v.facts.sparse_trained:
         st.info("This model was **not sparse-trained**: its γ were never pushed towards zero, so masking even 10 % of "
                 "its channels can wreck it (e.g. source mIoU 47 → 6–25 on the zoo's erm model, whatever the criterion). "
                 "The numbers below are honest; they say what a what-if means only on a sparse-trained model.")
 
 
-def _plan():
+def _plan(v: View):
     extra = {}
-    if criterion == "sensitivity":
-        table = _sensitivity_table()
+    if v.criterion == "sensitivity":
+        table = _sensitivity_table(v)
         if table is None:
             return None
         extra = dict(sensitivity=table)
-    plan = pruning.select_plan(model.path, **settings, **extra)
-    st.session_state[PLAN_STATE] = (model.id, {**settings, **extra})  # the Compare page offers it as model B
+    plan = pruning.select_plan(v.model.path, **v.settings, **extra)
+    st.session_state[PLAN_STATE] = (v.model.id, {**v.settings, **extra})  # the Compare page offers it as model B
     return plan
 
 
 # ----------------------------------------------------------------------------------------- what-if
-try:
-    plan, plan_error = _plan(), None
-except Exception as exc:  # a bad setting, a table for another model: a message, never a traceback
-    plan, plan_error = None, exc
-
-
-def _what_if(plan) -> None:
+def _what_if(v: View) -> None:
     with st.spinner("Evaluating the plan on the scene set…"):
-        scores, cost = pruning.what_if(model.path, plan, n_images=int(n_scenes))
-    pruned, cand = plan.num_pruned, plan.candidates
+        scores, cost = pruning.what_if(v.model.path, v.plan, n_images=int(v.n_scenes), precision=v.precision)
+    pruned, cand = v.plan.num_pruned, v.plan.candidates
     m = st.columns(4)
     m[0].metric("pruned filters", f"{pruned['filter']} / {cand.get('filter', 0)}",
                 help="Channels of coupling groups (each removes the channel from every coupled layer).")
@@ -133,45 +161,50 @@ def _what_if(plan) -> None:
                                             "number as counting the pruned model; docs/dashboard.md §4).")
     m[3].metric("parameters", f"{cost.params / 1e6:.2f} M", f"{100 * (cost.params / cost.dense_params - 1):+.1f} %",
                 delta_color="inverse")
-    if plan.note:
-        st.caption(f"Note: {plan.note}")
+    if v.plan.note:
+        st.caption(f"Note: {v.plan.note}")
     src = scores[scores["role"] == "source"]
     held = scores[scores["averaged"]]
     k = st.columns(3)
     k[0].metric("source mIoU", f"{100 * src['pruned_miou'].mean():.1f}", f"{100 * src['delta'].mean():+.1f}")
     k[1].metric("held-out mean mIoU", f"{100 * held['pruned_miou'].mean():.1f}", f"{100 * held['delta'].mean():+.1f}",
                 help="Mean over the held-out style domains (not the source, not suburb: content shift).")
-    k[2].metric("scenes", f"{int(n_scenes)} per domain", help="The first val scenes of each domain.")
+    k[2].metric("scenes", f"{int(v.n_scenes)} per domain", help="The first val scenes of each domain.")
+    st.caption(f"Computed in {pruning.precision_used(v.precision)} (What-if precision: {v.precision}).")
     fig = go.Figure()
     fig.add_bar(x=scores["domain"], y=100 * scores["dense_miou"], name="dense", marker_color="#9aa5b1")
-    fig.add_bar(x=scores["domain"], y=100 * scores["pruned_miou"], name=f"pruned (r = {rate:.2f})",
+    fig.add_bar(x=scores["domain"], y=100 * scores["pruned_miou"], name=f"pruned (r = {v.rate:.2f})",
                 marker_color="#d62728")
     fig.update_layout(barmode="group", height=320, margin=dict(l=0, r=0, t=30, b=0), yaxis_title="mIoU (%)",
-                      title=f"mIoU per domain, dense vs soft-pruned — {int(n_scenes)} val scenes per domain")
+                      title=f"mIoU per domain, dense vs soft-pruned — {int(v.n_scenes)} val scenes per domain")
     st.plotly_chart(fig, width="stretch", key="prune_bars")
-    table = pruning.plan_table(plan)
-    table = table.assign(short=table["layer"].map(heatmap.short_layer), block=table["layer"].map(heatmap.block_of))
-    strip = figures.colored_bars(table["short"], table["pruned_share"], cmin=0, cmax=1, colorscale="Reds",
-                                 title="Architecture strip — share of each layer's units the plan prunes",
-                                 x_title="layer (model order)", y_title="pruned share",
-                                 hover={"block": table["block"], "pruned": table["pruned"], "kept": table["kept"]})
-    st.plotly_chart(strip, width="stretch", key="prune_strip")
-    kept = go.Figure()
-    kept.add_bar(x=table["short"], y=table["kept"], name="kept", marker_color="#2ca02c")
-    kept.add_bar(x=table["short"], y=table["pruned"], name="pruned", marker_color="#d62728")
-    kept.update_layout(barmode="stack", height=300, margin=dict(l=0, r=0, t=30, b=0), xaxis_tickangle=-50,
-                       xaxis_tickfont_size=10, yaxis_title="units", title="Kept and pruned units per layer")
-    st.plotly_chart(kept, width="stretch", key="prune_kept")
+    st.plotly_chart(_layers_figure(pruning.plan_table(v.plan)), width="stretch", key="prune_kept")
 
 
-def _tab_now() -> None:
-    _notes()
-    if plan_error is not None:
-        components.error_box(plan_error)
+def _layers_figure(table) -> go.Figure:
+    """Kept and pruned units per layer in model order (the architecture strip): one stacked bar a
+    layer, the pruned share in the hover. One figure, not two: each plotly figure costs ~50 ms to
+    redraw in the browser on every new rate (docs/dashboard.md §4)."""
+    short = table["layer"].map(heatmap.short_layer)
+    hover = [f"{b}<br>pruned {p} of {p + k} ({100 * s:.0f} %)" for b, p, k, s in
+             zip(table["layer"].map(heatmap.block_of), table["pruned"], table["kept"], table["pruned_share"])]
+    fig = go.Figure()
+    fig.add_bar(x=short, y=table["kept"], name="kept", marker_color="#2ca02c", hovertext=hover, hoverinfo="x+text")
+    fig.add_bar(x=short, y=table["pruned"], name="pruned", marker_color="#d62728", hovertext=hover, hoverinfo="x+text")
+    fig.update_layout(barmode="stack", height=320, margin=dict(l=0, r=0, t=30, b=0), xaxis_tickangle=-50,
+                      xaxis_tickfont_size=10, yaxis_title="units", xaxis_title="layer (model order)",
+                      title="Architecture strip — kept and pruned units per layer")
+    return fig
+
+
+def _tab_now(v: View) -> None:
+    _notes(v)
+    if v.plan_error is not None:
+        components.error_box(v.plan_error)
         return
-    if plan is not None:
+    if v.plan is not None:
         try:
-            _what_if(plan)
+            _what_if(v)
         except Exception as exc:
             components.error_box(exc)
 
@@ -209,24 +242,24 @@ def _curve_figure(frames: dict[str, object], current: tuple[float, float, float]
     return by_rate, pareto
 
 
-def _tab_curves() -> None:
+def _tab_curves(v: View) -> None:
     st.markdown("Each curve is a **(model, criterion)** pair: npdg and slimming both rank |γ|, so they are drawn on the "
                 "model each sparse training produced; l1norm and random run on the model picked in the sidebar. Every "
-                f"point: soft-masked mIoU on the first {int(n_scenes)} val scenes per domain.")
+                f"point: soft-masked mIoU on the first {int(v.n_scenes)} val scenes per domain.")
     try:
-        pairs = pruning.curve_pairs(model.id, model.path)
+        pairs = pruning.curve_pairs(v.model.id, v.model.path)
     except Exception as exc:
         components.error_box(exc)
         pairs = []
     st.caption("Pairs: " + "; ".join(f"**{p.label}**" for p in pairs))
-    statuses = {p.label: pruning.curve_job(p.path, p.criterion, n_images=int(n_scenes), lookup_only=True) for p in pairs}
+    statuses = {p.label: pruning.curve_job(p.path, p.criterion, n_images=int(v.n_scenes), lookup_only=True) for p in pairs}
     missing = [p for p in pairs if statuses[p.label] is None]
     if missing and st.button(f"Compute {len(missing)} curve(s) ({len(pruning.CURVE_RATES)} rates each, in the background)",
                              type="primary", key="curves_go",
                              help="Runs soft-masked evaluations at every rate; kept in the dashboard cache for every session."):
         for p in missing:
             try:
-                statuses[p.label] = pruning.curve_job(p.path, p.criterion, n_images=int(n_scenes))
+                statuses[p.label] = pruning.curve_job(p.path, p.criterion, n_images=int(v.n_scenes))
             except Exception as exc:
                 components.error_box(exc)
     running = [s for s in statuses.values() if s is not None and s.state == "running"]
@@ -238,10 +271,10 @@ def _tab_curves() -> None:
     frames = {label: pruning.job_frame(s) for label, s in statuses.items() if s is not None and s.state == "done"}
     if frames:
         current = None
-        if plan is not None and criterion not in ("sensitivity",):
+        if v.plan is not None and v.criterion not in ("sensitivity",):
             try:
-                held = pruning.masked_miou(model.path, plan, n_images=int(n_scenes))
-                c = pruning.plan_cost(model.path, plan, (512, 1024))
+                held = pruning.masked_miou(v.model.path, v.plan, n_images=int(v.n_scenes), precision=v.precision)
+                c = pruning.plan_cost(v.model.path, v.plan, (512, 1024))
                 current = (c.gflops, 0.0, float(held[held["averaged"]]["pruned_miou"].mean()))
             except Exception:
                 current = None
@@ -274,19 +307,19 @@ def _layer_figure(frame) -> go.Figure:
     return fig
 
 
-def _tab_layers() -> None:
+def _tab_layers(v: View) -> None:
     st.markdown("The view Distiller and NNI users miss: prune **one coupling group** at r ∈ "
                 f"{{{', '.join(f'{r:g}' for r in pruning.LAYER_RATES)}}} with the rest of the model dense, and see "
-                f"source and held-out mIoU ({criterion} ranking on {model.id}, 2 val scenes per domain). Lines fill in "
+                f"source and held-out mIoU ({v.criterion} ranking on {v.model.id}, 2 val scenes per domain). Lines fill in "
                 "as each group is done.")
-    if criterion == "sensitivity":
+    if v.criterion == "sensitivity":
         st.info("Per-layer curves use the criteria with a built-in score (npdg, slimming, l1norm, random).")
     else:
-        status = pruning.layer_curves_job(model.path, criterion, units=units, lookup_only=True)
+        status = pruning.layer_curves_job(v.model.path, v.criterion, units=v.units, lookup_only=True)
         if status is None and st.button("Compute per-layer curves (≈ 1–3 min on a 2-core CPU)", type="primary",
                                         key="layers_go", help="Runs in the background; other widgets keep working."):
             try:
-                status = pruning.layer_curves_job(model.path, criterion, units=units)
+                status = pruning.layer_curves_job(v.model.path, v.criterion, units=v.units)
             except Exception as exc:
                 components.error_box(exc)
 
@@ -300,23 +333,23 @@ def _tab_layers() -> None:
             st.caption("Most fragile groups at r = 0.7 (held-out): " + ", ".join(
                 f"`{heatmap.short_layer(r.layer)}` {100 * r.heldout:.1f}" for r in worst.itertuples()))
             st.download_button("Download per-layer curves (CSV)", data=frame.to_csv(index=False),
-                               file_name=f"layer_curves_{criterion}.csv", mime="text/csv", key="dl_layers_curves")
+                               file_name=f"layer_curves_{v.criterion}.csv", mime="text/csv", key="dl_layers_curves")
 
 
 # ------------------------------------------------------------------------------------------ export
-def _tab_export() -> None:
+def _tab_export(v: View) -> None:
     st.markdown("The plan above, **physically** pruned: channels and heads removed from the weights "
                 "(`npdg.recipes.prune`, no sparse training, no fine-tuning), with `cost.json` measured on the result.")
-    if plan is None or criterion == "sensitivity":
+    if v.plan is None or v.criterion == "sensitivity":
         st.info("Pick a criterion with a built-in score to export (the sensitivity proxy is for exploring).")
     else:
         latency = st.checkbox("Measure latency too (a few seconds)", key="export_latency",
                               help="Times forwards of the pruned model at 512×1024 on this machine.")
-        status = pruning.export_job(model.path, **settings, latency=latency, lookup_only=True)
+        status = pruning.export_job(v.model.path, **v.settings, latency=latency, lookup_only=True)
         if status is None and st.button("Build the pruned model", type="primary", key="export_go",
                                         help="Runs in the background; the files land in the dashboard cache."):
             try:
-                status = pruning.export_job(model.path, **settings, latency=latency)
+                status = pruning.export_job(v.model.path, **v.settings, latency=latency)
             except Exception as exc:
                 components.error_box(exc)
         if jobs_ui.follow(status, "Export", retry_key="export_retry"):
@@ -330,7 +363,7 @@ def _tab_export() -> None:
                               for b, x, y in lat if x is not None and y is not None)
             st.success(f"Pruned: GFLOPs {cost['before']['gflops']:.2f} → {cost['after']['gflops']:.2f}, parameters "
                        f"{cost['before']['params'] / 1e6:.2f} M → {cost['after']['params'] / 1e6:.2f} M.{lat_txt}")
-            stem = f"{model.id.split(':', 1)[-1].split('/')[-1]}-{criterion}-r{rate:.2f}"
+            stem = f"{v.model.id.split(':', 1)[-1].split('/')[-1]}-{v.criterion}-r{v.rate:.2f}"
             st.download_button("Download model.safetensors + pruning_plan.json + cost.json (zip)",
                                data=lambda: pruning.export_zip(folder), file_name=f"{stem}.zip",
                                mime="application/zip", key="export_dl")
@@ -343,10 +376,10 @@ def _tab_export() -> None:
                     st.success(f"Saved {saved} — pick `run:{saved}` in the model panel.")
                 except Exception as exc:
                     components.error_box(exc)
-            _finetune(stem)
+            _finetune(v, stem)
 
 
-def _finetune(stem: str) -> None:
+def _finetune(v: View, stem: str) -> None:
     """Fine-tune the plan in a separate process (``npdg prune``), followed like every other job."""
     import os
 
@@ -359,15 +392,15 @@ def _finetune(stem: str) -> None:
     cpus = max(1, os.cpu_count() or 1)
     threads = f3.number_input("Threads", 1, cpus, max(1, cpus - 1), 1, key="ft_threads",
                               help="CPU threads of the fine-tuning process; leave one for the dashboard.")
-    ft = dict(criterion=criterion, rate=rate, threshold=settings["threshold"], round_to=int(round_to),
-              max_layer_ratio=cap, seed=int(settings.get("seed", 0)), units=units)
+    ft = dict(criterion=v.criterion, rate=v.rate, threshold=v.settings["threshold"], round_to=int(v.round_to),
+              max_layer_ratio=v.cap, seed=int(v.settings.get("seed", 0)), units=v.units)
     with st.expander("The same as a command"):
-        st.code(" ".join(pruning.finetune_command(model.path, f"runs/{name}", iters=int(iters), **ft)[1:])
+        st.code(" ".join(pruning.finetune_command(v.model.path, f"runs/{name}", iters=int(iters), **ft)[1:])
                 .replace(" -m npdg", "python -m npdg", 1), language="bash")
-    status = pruning.finetune_job(model.path, name, iters=int(iters), threads=int(threads), lookup_only=True, **ft)
+    status = pruning.finetune_job(v.model.path, name, iters=int(iters), threads=int(threads), lookup_only=True, **ft)
     if status is None and st.button("Fine-tune in the background", key="ft_go"):
         try:
-            status = pruning.finetune_job(model.path, name, iters=int(iters), threads=int(threads), **ft)
+            status = pruning.finetune_job(v.model.path, name, iters=int(iters), threads=int(threads), **ft)
         except Exception as exc:
             components.error_box(exc)
     if status is not None and status.state == "running" and st.button("Stop fine-tuning", key="ft_stop"):
@@ -378,8 +411,16 @@ def _finetune(stem: str) -> None:
                    "dense model on the Compare page.")
 
 
-components.lazy_tabs({"What-if": _tab_now, "mIoU vs rate": _tab_curves, "Per layer": _tab_layers,
-                      "Export": _tab_export})  # only the open tab is computed and drawn
+@st.fragment
+def _body(model: ModelChoice, facts: pruning.ModelFacts) -> None:
+    """The controls and the open tab, as one fragment: a new rate reruns only this part, not the
+    sidebar and the page's text (docs/dashboard.md §4). Only the open tab is computed and drawn."""
+    v = _controls(model, facts)
+    components.lazy_tabs({"What-if": lambda: _tab_now(v), "mIoU vs rate": lambda: _tab_curves(v),
+                          "Per layer": lambda: _tab_layers(v), "Export": lambda: _tab_export(v)})
+
+
+_body(model, facts)
 
 components.teaching_notes(
     "- **What-if**: the plan zeroes the pruned units (soft masks); the mIoU is what the physically pruned model "

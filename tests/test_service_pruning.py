@@ -222,3 +222,45 @@ def test_a_single_flight_cache_computes_a_key_once_for_concurrent_callers():
     with pytest.raises(RuntimeError):
         cache.get("x", broken)
     assert cache.get("x", lambda: 7) == 7  # a failed flight leaves no trace
+
+
+def test_fast_precision_is_bf16_only_where_native_and_stays_within_a_point(assets, monkeypatch):
+    """``fast`` computes in bf16 exactly where the hardware runs it natively, ``exact`` always in fp32;
+    the two are cached apart, and on the tiny model they agree on the source and held-out means to
+    well under a point (the zoo's figures: docs/dashboard.md §4)."""
+    from npdg.evaluate import amp_context, native_bf16
+
+    run, _ = assets
+    assert amp_context("cpu", "auto")[1] == "off"  # CPU numbers stay exact unless bf16 is asked for
+    assert amp_context("cpu", "fp16")[1] == "off"
+    assert amp_context("cpu", "bf16")[1] == ("bf16" if native_bf16("cpu") else "off")
+    assert pr.precision_used("exact") == "fp32"
+    assert pr.precision_used("fast") == ("bf16" if native_bf16("cpu") else "fp32")
+    with pytest.raises(ConfigError, match="precision"):
+        pr.masked_miou(run, None, n_images=1, precision="half")
+    plan = pr.select_plan(run, criterion="l1norm", rate=0.3)
+    exact = pr.masked_miou(run, plan, domains=DOMS, n_images=2)
+    fast = pr.masked_miou(run, plan, domains=DOMS, n_images=2, precision="fast")
+    for col in ("dense_miou", "pruned_miou"):
+        for rows in (fast["role"] == "source", fast["averaged"]):
+            assert abs(fast[rows][col].mean() - exact[rows][col].mean()) < 0.01
+    # without native bf16, "fast" is fp32: the very same numbers
+    monkeypatch.setattr("npdg.evaluate.native_bf16", lambda device: False)
+    svc.clear_caches()
+    assert pr.precision_used("fast") == "fp32"
+    again = pr.masked_miou(run, plan, domains=DOMS, n_images=2, precision="fast")
+    np.testing.assert_array_equal(again["pruned_miou"].to_numpy(), exact["pruned_miou"].to_numpy())
+
+
+def test_a_plan_digest_is_computed_once_and_names_its_structure(assets):
+    from npdg.pruning.cost import plan_hash
+
+    run, _ = assets
+    plan = pr.select_plan(run, criterion="l1norm", rate=0.3)
+    assert "digest" not in vars(plan)
+    first = plan_hash(plan)
+    assert vars(plan)["digest"] == first == plan_hash(plan)  # memoized on the (immutable) plan
+    import hashlib
+
+    assert first == hashlib.sha1(plan.to_json().encode()).hexdigest()
+    assert plan_hash(None) == "dense"

@@ -48,7 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--stride", metavar="HxW", help="sliding-window stride (with --mode slide)")
     p.add_argument("--batch-size", type=int, default=1, metavar="B")
     add_device_option(p)
-    p.add_argument("--amp", default="auto", choices=AMP_CHOICES, help="mixed precision on CUDA")
+    p.add_argument("--amp", default="auto", choices=AMP_CHOICES, help="mixed precision: auto = bf16 or fp16 on CUDA, off on CPU; bf16 also on a CPU with AMX or AVX512-BF16")
     p.add_argument("--num-workers", type=int, default=0, metavar="N", help="data-loading worker processes")
     p.add_argument("--json", type=Path, metavar="OUT", help="write the result JSON here")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (also off when stderr is not a terminal)")

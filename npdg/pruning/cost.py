@@ -23,7 +23,6 @@ FLOPs the counter attributes to any other module type are counted by the rebuild
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -78,7 +77,7 @@ def plan_hash(plan: PruningPlan | None) -> str:
     """A stable digest of a plan's JSON (``"dense"`` for no plan): the cache key of its structure."""
     if plan is None:
         return "dense"
-    return hashlib.sha1(plan.to_json().encode()).hexdigest()
+    return plan.digest
 
 
 def _spec_of(model_or_spec: nn.Module | ModelSpec) -> tuple[ModelSpec, tuple[PruningPlan, ...]]:

@@ -23,10 +23,12 @@ keeps at least one head; single-head layers and unprunable groups are never cand
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +111,13 @@ class PruningPlan:
         for g in self.groups:
             out[g.kind] += len(g.pruned)
         return out
+
+    @cached_property
+    def digest(self) -> str:
+        """sha1 of the plan's JSON: the cache key of its structure. Computed once per plan object
+        (a plan is immutable; the JSON of a large plan takes ~20 ms, and a what-if asks for the key
+        several times)."""
+        return hashlib.sha1(self.to_json().encode()).hexdigest()
 
     @property
     def is_empty(self) -> bool:

@@ -256,12 +256,36 @@ def scene_set(doms: tuple[str, ...], split: str, n_images: int, size: tuple[int,
     return _SCENE_SETS.get((doms, split, int(n_images), tuple(size)), compute)
 
 
-def confusions(model, plan, doms, split, n_images, size, progress, part: int = 0, parts: int = 1) -> dict[str, object]:
-    """Per-domain confusion matrices of the (soft-masked) model on the scene set, batched;
-    ``progress(images done, images in all parts)`` for pass ``part`` of ``parts``."""
+#: What-if precisions. ``exact``: fp32 — the numbers ``npdg eval`` and the physically pruned model
+#: give. ``fast``: bf16 autocast where the hardware runs it natively (``npdg.evaluate.native_bf16``:
+#: CUDA, or a CPU with AMX / AVX512-BF16, where a forward takes about half the time), exact
+#: elsewhere. Measured on the zoo: the two differ by a fraction of a point of mIoU, far below the
+#: spread between scene sets (docs/dashboard.md §4).
+PRECISIONS = ("fast", "exact")
+
+
+def amp_of(precision: str) -> str:
+    """The ``npdg.evaluate.amp_context`` setting for a what-if precision (:data:`PRECISIONS`)."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+    return "bf16" if precision == "fast" else "off"
+
+
+def precision_used(precision: str) -> str:
+    """What a what-if at ``precision`` computes in on the engine's device: ``bf16`` or ``fp32``."""
+    from npdg.evaluate import amp_context
+
+    return "bf16" if amp_context(engine_device(), amp_of(precision))[1] == "bf16" else "fp32"
+
+
+def confusions(model, plan, doms, split, n_images, size, progress, part: int = 0, parts: int = 1,
+               precision: str = "exact") -> dict[str, object]:
+    """Per-domain confusion matrices of the (soft-masked) model on the scene set, batched, at
+    ``precision`` (:data:`PRECISIONS`); ``progress(images done, images in all parts)`` for pass
+    ``part`` of ``parts``."""
     import torch
 
-    from npdg.evaluate import ConfusionMatrix, model_num_classes
+    from npdg.evaluate import ConfusionMatrix, amp_context, model_num_classes
 
     images, labels, names = scene_set(doms, split, n_images, size)
     device = engine_device()
@@ -271,7 +295,8 @@ def confusions(model, plan, doms, split, n_images, size, progress, part: int = 0
     for start in range(0, n, WHAT_IF_BATCH):
         x = images[start:start + WHAT_IF_BATCH].to(device).contiguous(memory_format=torch.channels_last)
         y = labels[start:start + WHAT_IF_BATCH].to(device)
-        pred = soft_logits(model, plan, x).argmax(1)
+        with amp_context(device, amp_of(precision))[0]:
+            pred = soft_logits(model, plan, x).argmax(1)
         for j, d in enumerate(names[start:start + WHAT_IF_BATCH]):
             cms[d].update(pred[j], y[j])
         if progress is not None:
@@ -288,9 +313,12 @@ def masked_miou(
     n_images: int = 4,
     size: tuple[int, int] = DEFAULT_SIZE,
     progress: ProgressFn | None = None,
+    precision: str = "exact",
 ) -> pd.DataFrame:
     """mIoU per domain of the dense and the soft-masked model on the first ``n_images`` scenes of
     ``split``: columns ``domain, role, averaged, dense_miou, pruned_miou, delta`` (a new frame).
+    ``precision``: ``exact`` (fp32) or ``fast`` (:data:`PRECISIONS`); dense and pruned are computed
+    at the same one, so ``delta`` compares like with like.
 
     ``averaged`` marks the domains the held-out mean covers (not the source, not ``suburb``;
     docs/method.md §6). One confusion matrix per domain (``npdg.evaluate.ConfusionMatrix``), the
@@ -301,7 +329,8 @@ def masked_miou(
     doms = _domains(domains)
     if int(n_images) < 1:
         raise ConfigError(f"n_images must be >= 1, got {n_images}")
-    key = ("miou", model_key(model_path), plan_hash(plan), doms, split, int(n_images), tuple(size))
+    used = precision_used(precision)
+    key = ("miou", model_key(model_path), plan_hash(plan), doms, split, int(n_images), tuple(size), used)
 
     parts = 1 if plan is None or plan.is_empty else 2
 
@@ -310,13 +339,13 @@ def masked_miou(
 
         with engine():
             model = shared_model(model_path)
-            cms = confusions(model, which, doms, split, int(n_images), tuple(size), progress, part, parts)
+            cms = confusions(model, which, doms, split, int(n_images), tuple(size), progress, part, parts, precision)
         return {d: domain_result(d, cm, int(n_images)).miou for d, cm in cms.items()}
 
     def compute() -> pd.DataFrame:
         from npdg.data.specs import is_averaged
 
-        dense = _SCORES.get(("dense", model_key(model_path), doms, split, int(n_images), tuple(size)),
+        dense = _SCORES.get(("dense", model_key(model_path), doms, split, int(n_images), tuple(size), used),
                             lambda: scores(None, 0))
         pruned = dense if parts == 1 else scores(plan, 1)
         source = next((d for d in doms if DOMAIN_ROLES.get(d) == "source"), None)
@@ -328,13 +357,15 @@ def masked_miou(
 
 
 def what_if(model_path: str | Path, plan: PruningPlan, *, n_images: int = 2, domains: Sequence[str] | None = None,
-            cost_size: tuple[int, int] = (512, 1024)) -> tuple[pd.DataFrame, PlanCost]:
-    """:func:`masked_miou` and :func:`plan_cost` of one plan — what the Prune page shows for a rate.
+            cost_size: tuple[int, int] = (512, 1024), precision: str = "exact") -> tuple[pd.DataFrame, PlanCost]:
+    """:func:`masked_miou` (at ``precision``) and :func:`plan_cost` of one plan — what the Prune page
+    shows for a rate.
     (Counting the FLOPs in a second thread during the forwards was measured and gained nothing: the
     count is Python-bound and contends for the GIL. Prefetching the neighbouring rates in the
     background was measured too: the next step got faster, every other page slower — on two cores
     it competes for the CPU — so it is not done; README "Speed in the browser".)"""
-    return masked_miou(model_path, plan, domains=domains, n_images=n_images), plan_cost(model_path, plan, tuple(cost_size))
+    return (masked_miou(model_path, plan, domains=domains, n_images=n_images, precision=precision),
+            plan_cost(model_path, plan, tuple(cost_size)))
 
 
 # ==================================================================================================
@@ -735,5 +766,5 @@ __all__ = ["CURVE_COLUMNS", "CURVE_RATES", "DEFAULT_SIZE", "DROP_CHOICES", "EXPO
            "LAYER_RATES", "SHIPPED_CURVES", "CurvePair", "MaskedPrediction", "ModelFacts", "confusions", "criteria",
            "curve_job", "curve_pairs", "curve_settings", "export_dir", "export_job", "export_zip", "finetune_command",
            "finetune_dir", "finetune_job", "job_frame", "stop_finetune",
-           "layer_curves_job", "masked_miou", "masked_predictions", "model_facts", "plan_cost", "plan_table",
+           "PRECISIONS", "amp_of", "precision_used", "layer_curves_job", "masked_miou", "masked_predictions", "model_facts", "plan_cost", "plan_table",
            "prunable_groups", "save_as_run", "scene_set", "select_plan", "shipped_curves", "soft_logits", "what_if"]
