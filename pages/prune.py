@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
 from app import components, figures, heatmap
 from app import jobs as jobs_ui
 from app.models import PLAN_STATE, ModelChoice, model_panel  # the plan is offered as model B on Compare and Explain
-from npdg.service import pruning
+from npdg.service import mechanism, pruning
 
 CRITERIA = ("npdg", "slimming", "l1norm", "random", "sensitivity")
 CRITERION_HELP = {
@@ -336,6 +337,75 @@ def _tab_layers(v: View) -> None:
                                file_name=f"layer_curves_{v.criterion}.csv", mime="text/csv", key="dl_layers_curves")
 
 
+# --------------------------------------------------------------------------------------- mechanism
+SELECTION_COLOURS = {"most_combined": "#d62728", "most_unary": "#ff7f0e", "most_binary": "#9467bd",
+                     "least_combined": "#2ca02c", "most_oracle": "#8c564b", "random": "#7f7f7f"}
+
+
+def _mechanism_figure(summary) -> go.Figure:
+    """gap = Δheld-out − Δsource vs rate, one line per selection (random: mean ± std over seeds)."""
+    fig = go.Figure()
+    rows = summary[(summary["selection"] != "dense") & summary["recalibrated"]]
+    for sel, f in rows.groupby("selection", sort=False):
+        f = f.sort_values("rate")
+        fig.add_scatter(x=f["rate"], y=100 * f["gap"], mode="lines+markers", name=sel,
+                        line=dict(color=SELECTION_COLOURS.get(sel, "#000000"), dash="dash" if sel == "random" else "solid"),
+                        error_y=dict(type="data", array=100 * f["gap_std"], visible=bool((f["seeds"] > 1).any())),
+                        customdata=np.stack([100 * f["d_source"], 100 * f["d_heldout"]], axis=1),
+                        hovertemplate="r = %{x}<br>gap %{y:+.2f}<br>Δsource %{customdata[0]:+.2f}"
+                                      "<br>Δheld-out %{customdata[1]:+.2f}<extra>" + sel + "</extra>")
+    fig.add_hline(y=0, line=dict(color="black", width=1))
+    fig.update_layout(height=380, margin=dict(l=0, r=0, t=40, b=0), xaxis_title="share of units masked (r)",
+                      yaxis_title="gap = Δheld-out − Δsource (points)",
+                      title="Masking style-sensitive units, BN re-estimated — above 0: held-out gains on source")
+    return fig
+
+
+def _tab_mechanism(v: View) -> None:
+    st.markdown(
+        "**The mechanism test** (docs/method.md §9), no training: mask the most style-sensitive units (by combined "
+        "w, unary only, binary only), the least sensitive, or random ones; **re-estimate every BatchNorm's "
+        "statistics** on clean and DSP-stylized source images (masking shifts what every later BN sees, which "
+        "alone can wreck a model); score source and held-out mIoU. The gap is Δheld-out − Δsource against the "
+        "re-estimated dense model: if masking the *most* sensitive units gives a larger gap than masking random "
+        "or the least sensitive ones, the sensitivity measure finds the units NPDG means to remove.")
+    try:
+        status = mechanism.mechanism_job(v.model.path, lookup_only=True)
+    except Exception as exc:
+        components.error_box(exc)
+        return
+    if status is None and st.button("Run the mechanism test (≈ 3–6 min on a 2-core CPU, in the background)",
+                                    type="primary", key="mech_go",
+                                    help=f"Rates {', '.join(map(str, mechanism.PAGE_RATES))}; 4 test scenes per "
+                                         "domain; BN re-estimated on 16 source scenes + their stylizations."):
+        try:
+            status = mechanism.mechanism_job(v.model.path)
+        except Exception as exc:
+            components.error_box(exc)
+    if jobs_ui.follow(status, "Mechanism test", retry_key="mech_retry", unit="configurations"):
+        frame = pruning.job_frame(status)
+        summary = mechanism.summary(frame)
+        dense = summary[summary["selection"] == "dense"].set_index("recalibrated")
+        m = st.columns(3)
+        m[0].metric("dense held-out mIoU, as trained", f"{100 * dense.loc[False, 'heldout']:.1f}")
+        m[1].metric("after BN re-estimation", f"{100 * dense.loc[True, 'heldout']:.1f}",
+                    f"{100 * (dense.loc[True, 'heldout'] - dense.loc[False, 'heldout']):+.1f}",
+                    help="The re-estimation alone, no unit masked: the reference of every delta below.")
+        m[2].metric("dense source mIoU, re-estimated", f"{100 * dense.loc[True, 'source']:.1f}")
+        st.plotly_chart(_mechanism_figure(summary), width="stretch", key="mech_fig")
+        top = summary[summary["rate"] == summary["rate"].max()].set_index("selection")
+        if {"most_combined", "random", "least_combined"} <= set(top.index):
+            st.caption(
+                f"At r = {top['rate'].iloc[0]:g}: gap {100 * top.loc['most_combined', 'gap']:+.2f} masking the most "
+                f"sensitive (combined), {100 * top.loc['random', 'gap']:+.2f} ± {100 * top.loc['random', 'gap_std']:.2f} "
+                f"random, {100 * top.loc['least_combined', 'gap']:+.2f} the least sensitive (points of mIoU).")
+        table = summary.assign(**{c: (100 * summary[c]).round(2) for c in ("source", "heldout", "d_source", "d_heldout",
+                                                                          "gap", "gap_std")})
+        st.dataframe(table, hide_index=True, key="mech_table")
+        st.download_button("Download the raw results (CSV)", data=frame.to_csv(index=False),
+                           file_name="mechanism.csv", mime="text/csv", key="mech_dl")
+
+
 # ------------------------------------------------------------------------------------------ export
 def _tab_export(v: View) -> None:
     st.markdown("The plan above, **physically** pruned: channels and heads removed from the weights "
@@ -417,7 +487,8 @@ def _body(model: ModelChoice, facts: pruning.ModelFacts) -> None:
     sidebar and the page's text (docs/dashboard.md §4). Only the open tab is computed and drawn."""
     v = _controls(model, facts)
     components.lazy_tabs({"What-if": lambda: _tab_now(v), "mIoU vs rate": lambda: _tab_curves(v),
-                          "Per layer": lambda: _tab_layers(v), "Export": lambda: _tab_export(v)})
+                          "Per layer": lambda: _tab_layers(v), "Mechanism": lambda: _tab_mechanism(v),
+                          "Export": lambda: _tab_export(v)})
 
 
 _body(model, facts)

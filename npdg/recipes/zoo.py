@@ -122,14 +122,16 @@ def _colour_shift(styled: np.ndarray, inputs: np.ndarray) -> np.ndarray:
     return np.linalg.norm(s - x, axis=-1)
 
 
-def choose_ascent_step(segmentor_run: Path, n_images: int = 16, device: str = "auto") -> dict[str, Any]:
+def choose_ascent_step(segmentor_run: Path, n_images: int = 16, device: str = "auto",
+                       size: tuple[int, int] = EVAL_SIZE, dsp_dir: Path | None = None) -> dict[str, Any]:
     """The largest ascent step (of :data:`ASCENT_CANDIDATES`) whose styles, after
     :data:`ASCENT_PROBE_STEPS` steps against ``segmentor_run``, keep a mean colour shift within the
-    90th percentile of the DSP's random styles — measured on source *val* scenes only."""
+    90th percentile of the DSP's random styles — measured on source *val* scenes only (at ``size``,
+    with the DSP in ``dsp_dir``, default the shipped one)."""
     dev = select_device(device)
     seg = load_model(segmentor_run, device=dev)
-    dsp = DSP.load(DSP_DIR, device=dev)
-    ds = open_dataset(SOURCE_DOMAIN, "val", EVAL_SIZE, n_images)
+    dsp = DSP.load(DSP_DIR if dsp_dir is None else dsp_dir, device=dev)
+    ds = open_dataset(SOURCE_DOMAIN, "val", tuple(size), n_images)
     images = torch.stack([ds[i]["image"] for i in range(len(ds))])
     labels = torch.stack([ds[i]["label"] for i in range(len(ds))])
     rows, limit = [], None

@@ -1,0 +1,300 @@
+"""The science protocol of issue #15: does a pruned NPDG model generalize better than the dense one?
+
+Rows, for every seed (docs/method.md §9):
+
+- ``erm``, ``photometric``, ``dsp`` — base trainings of ``--base-iters`` from scratch;
+- ``dsp_budget`` — DSP trained for base + sparse + fine-tune iterations: the dense model at the
+  same total budget as the pruned pipeline;
+- ``npdg``, ``slimming`` — from the ``dsp`` run: ``--sparse-iters`` of sparse training (λ_s
+  ``--lambda-s``), prune at ``--rate``, ``--finetune-iters`` of DSP fine-tuning;
+- ``l1norm``, ``random`` — from the ``dsp`` run: prune at ``--rate``, then sparse + fine-tune
+  iterations of fine-tuning (the same budget).
+
+Every run is scored on the ``test`` split, ``--scenes`` scenes per domain: the 6 held-out style
+domains, the source, ``suburb`` (content shift, not averaged) and the 6 corruption domains of
+``npdg.data.corruptions`` (a second, independent shift never used to choose anything). Per-scene
+confusion matrices are kept (``scenes.npz`` in the run folder), so the table gives, next to the
+seed std, a paired bootstrap 95 % interval over scenes of each row minus ``dsp_budget``
+(``npdg.significance``). Each run's figures go to ``--results``/``<row>_s<seed>.json`` (kept in the
+repository): per-domain mIoU, the means, GFLOPs and parameters at 512×1024 (``npdg cost``), CPU
+latency, the spread of BN |γ|, and the wall and CPU time of the training command (a resumed run
+counts only its last part).
+
+Resumable: a finished run (its results JSON present) is skipped; an interrupted training resumes
+from its last checkpoint. Runs go under ``--out`` (git-ignored). Presets:
+
+- ``cpu`` (default): 64×128, base 1500, sparse 400, fine-tune 400 iterations, 3 seeds — about
+  6 hours on the 2-core CPU (measured per run in the JSONs);
+- ``gpu``: 128×256, base 4000, sparse 1000, fine-tune 1000 — one command for a GPU machine;
+- ``smoke``: 64×128, 6 + 3 + 3 iterations, 1 seed, 4 scenes — checks the whole pipeline in minutes.
+
+    python bench/protocol.py [--preset cpu] [--seeds 0 1 2] [--rows ...] [--out runs/protocol]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from npdg.data.corruptions import CORRUPTIONS, CorruptedDataset  # noqa: E402
+from npdg.data.synthetic import SyntheticDataset, domain_names  # noqa: E402
+from npdg.runs import atomic_write_json  # noqa: E402
+from npdg.significance import mean_miou, miou_of, paired_bootstrap, scene_confusions  # noqa: E402
+
+PY = [sys.executable, "-m", "npdg"]
+PRESETS = {
+    "cpu": dict(size="64x128", base_iters=1500, sparse_iters=400, finetune_iters=400, scenes=50, seeds=[0, 1, 2]),
+    "gpu": dict(size="128x256", base_iters=4000, sparse_iters=1000, finetune_iters=1000, scenes=100, seeds=[0, 1, 2]),
+    "smoke": dict(size="64x128", base_iters=6, sparse_iters=3, finetune_iters=3, scenes=4, seeds=[0]),
+}
+TRAIN_ROWS = ("erm", "photometric", "dsp", "dsp_budget")
+PRUNE_ROWS = ("npdg", "slimming", "l1norm", "random")
+SPARSE_ROWS = ("npdg", "slimming")
+HELDOUT = tuple(domain_names("heldout"))
+CORRUPT = tuple(f"corrupt_{c}" for c in CORRUPTIONS)
+REFERENCE = "dsp_budget"
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run(cmd: list[str]) -> dict[str, float]:
+    """Run one npdg command; its wall time and the CPU time of its process (user + system, all
+    threads — unaffected by a pause with ``kill -STOP``, unlike the wall time)."""
+    print("$ " + " ".join(cmd), flush=True)
+    t0, c0 = time.perf_counter(), _children_cpu()
+    subprocess.run(cmd, check=True, cwd=ROOT)
+    return {"wall_s": time.perf_counter() - t0, "cpu_s": _children_cpu() - c0}
+
+
+def train(row: str, seed: int, args, out: Path) -> dict[str, float]:
+    iters = args.base_iters + (args.sparse_iters + args.finetune_iters if row == "dsp_budget" else 0)
+    mode = "dsp" if row == "dsp_budget" else row
+    cmd = PY + ["train", "--config", args.config, "--out", str(out), "--no-progress", "--no-eval", "--device", args.device,
+                "--set", f"train.mode={mode}", "--set", f"train.seed={seed}", "--set", f"train.iters={iters}",
+                "--set", f"data.size={args.size}", "--set", f"train.crop={args.size}"]
+    if mode == "dsp":
+        cmd += ["--set", f"dsp.path={args.dsp}", "--set", f"dsp.step_size={dsp_step(seed, args)}"]
+    for kv in args.set:
+        cmd += ["--set", kv]
+    resume = (out / "checkpoints" / "last.pt").is_file()
+    return run(cmd + (["--resume"] if resume else ["--overwrite"]))
+
+
+def prune(row: str, seed: int, args, out: Path, base: Path) -> dict[str, float]:
+    sparse = row in SPARSE_ROWS
+    cmd = PY + ["prune", "--run", str(base), "--out", str(out), "--criterion", row, "--rate", str(args.rate),
+                "--finetune-iters", str(args.finetune_iters + (0 if sparse else args.sparse_iters)),
+                "--seed", str(seed), "--dsp", args.dsp, "--cost-size", "512x1024", "--device", args.device,
+                "--overwrite", "--no-progress"]
+    if sparse:
+        cmd += ["--sparse-iters", str(args.sparse_iters), "--lambda-s", str(lambda_s(args))]
+    return run(cmd)
+
+
+def lambda_s(args) -> float:
+    """The sparsity weight: given, or the γ-shrink rule 0.05 × 60 / sparse iterations."""
+    return 0.05 * 60 / max(1, args.sparse_iters) if args.lambda_s == "auto" else float(args.lambda_s)
+
+
+def dsp_step(seed: int, args) -> float:
+    """The DSP ascent step: given, or chosen by the zoo's source-only rule against this seed's erm run
+    (recorded in ``--results``/``dsp_step_s<seed>.json``)."""
+    if args.dsp_step != "auto":
+        return float(args.dsp_step)
+    path = args.results / f"dsp_step_s{seed}.json"
+    if not path.is_file():
+        from npdg.recipes.zoo import choose_ascent_step
+
+        if not (args.results / f"erm_s{seed}.json").is_file():
+            do_row("erm", seed, args)
+        h, w = (int(v) for v in args.size.split("x"))
+        choice = choose_ascent_step(args.out / f"erm_s{seed}", device=args.device, size=(h, w), dsp_dir=ROOT / args.dsp)
+        args.results.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(choice, path)
+    return float(json.loads(path.read_text())["chosen"])
+
+
+def gamma_spread(model) -> dict[str, float]:
+    """Mean and std of |γ| over every BN unit: how far training moved γ from their init of 1."""
+    import torch
+
+    g = torch.cat([m.weight.detach().abs().flatten() for m in model.modules()
+                   if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.weight is not None])
+    return {"gamma_abs_mean": float(g.mean()), "gamma_abs_std": float(g.std())}
+
+
+def score(out: Path, args) -> dict:
+    """Per-scene confusions of every domain (saved to ``scenes.npz``), per-domain mIoU and costs."""
+    import torch
+
+    from npdg.pruning.physical import load_model
+
+    torch.manual_seed(0)
+    model = load_model(out / "model.safetensors").eval()
+    h, w = (int(v) for v in args.size.split("x"))
+    device = "cuda" if args.device in ("cuda", "auto") and torch.cuda.is_available() else "cpu"
+    scenes = {}
+    for d in ("source", *HELDOUT, "suburb"):
+        scenes[d] = scene_confusions(model, SyntheticDataset(d, "test", (h, w), length=args.scenes), 19, device=device)
+    for c in CORRUPTIONS:
+        scenes[f"corrupt_{c}"] = scene_confusions(model, CorruptedDataset(c, "test", (h, w), args.scenes), 19, device=device)
+    np.savez_compressed(out / "scenes.npz", **scenes)
+    cost_path = out / "cost.json"
+    if not cost_path.is_file() or "after" not in json.loads(cost_path.read_text()):
+        run(PY + ["cost", "--run", str(out), "--size", "512x1024", "--batches", "1", "--repeats", "3",
+                  "--json", str(out / "cost_dense.json")])
+        after = json.loads((out / "cost_dense.json").read_text())
+    else:
+        after = json.loads(cost_path.read_text())["after"]
+    return {
+        "miou": {d: miou_of(s.sum(0)) for d, s in scenes.items()},
+        "heldout_mean": mean_miou(scenes, HELDOUT),
+        "corrupt_mean": mean_miou(scenes, CORRUPT),
+        "gflops": after["gflops"], "params": after["params"],
+        "latency_ms_b1": after.get("latency_ms", {}).get("batch1"),
+        **gamma_spread(model),
+    }
+
+
+def do_row(row: str, seed: int, args) -> dict:
+    path = args.results / f"{row}_s{seed}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    out = args.out / f"{row}_s{seed}"
+    if row in TRAIN_ROWS:
+        spent = train(row, seed, args, out)
+    else:
+        base = args.out / f"dsp_s{seed}"
+        if not (args.results / f"dsp_s{seed}.json").is_file():
+            do_row("dsp", seed, args)
+        spent = prune(row, seed, args, out, base)
+    result = {"row": row, "seed": seed, "settings": settings_of(args), "train_wall_s": spent["wall_s"],
+              "train_cpu_s": spent["cpu_s"], **score(out, args)}
+    if row in ("dsp", "dsp_budget"):
+        result["dsp_step"] = dsp_step(seed, args)
+    if row in SPARSE_ROWS:
+        result["lambda_s"] = lambda_s(args)
+    args.results.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(result, path)
+    return result
+
+
+def settings_of(args) -> dict:
+    keys = ("preset", "size", "base_iters", "sparse_iters", "finetune_iters", "rate", "dsp", "scenes", "config", "set")
+    return {**{k: getattr(args, k) for k in keys}, "lambda_s": lambda_s(args), "lambda_s_given": args.lambda_s,
+            "dsp_step_given": args.dsp_step}
+
+
+def table(results: dict[str, list[dict]], args) -> str:
+    """Markdown: per-domain mean ± std over seeds, the means, the bootstrap interval vs dsp_budget, costs."""
+    cols = ["source", *HELDOUT, "held-out", "Δ vs dsp_budget [95 % CI]", "corruptions", "Δ corr. [95 % CI]",
+            "suburb", "GFLOPs", "params (M)", "|γ| std"]
+    lines = ["| row | seeds | " + " | ".join(cols) + " |", "|---" * (len(cols) + 2) + "|"]
+
+    def ms(vals: list[float], scale: float = 100.0, digits: int = 1) -> str:
+        v = scale * np.asarray(vals, dtype=float)
+        return f"{v.mean():.{digits}f} ± {v.std():.{digits}f}" if len(v) > 1 else f"{v[0]:.{digits}f}"
+
+    ref = results.get(REFERENCE, [])
+    for row, rs in results.items():
+        if not rs:
+            continue
+        cells = [ms([r["miou"][d] for r in rs]) for d in ("source", *HELDOUT)]
+        cells.append(ms([r["heldout_mean"] for r in rs]))
+        cells.append(_ci(row, rs, ref, HELDOUT, args))
+        cells.append(ms([r["corrupt_mean"] for r in rs]))
+        cells.append(_ci(row, rs, ref, CORRUPT, args))
+        cells.append(ms([r["miou"]["suburb"] for r in rs]))
+        cells.append(ms([r["gflops"] for r in rs], 1.0, 2))
+        cells.append(ms([r["params"] / 1e6 for r in rs], 1.0, 2))
+        cells.append(ms([r["gamma_abs_std"] for r in rs], 1.0, 3))
+        lines.append(f"| {row} | {len(rs)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _scenes(row: str, seed: int, args) -> dict[str, np.ndarray]:
+    with np.load(args.out / f"{row}_s{seed}" / "scenes.npz") as z:
+        return {k: z[k] for k in z.files}
+
+
+def _ci(row: str, rs: list[dict], ref: list[dict], domains, args) -> str:
+    if row == REFERENCE or not ref:
+        return "–"
+    seeds = sorted({r["seed"] for r in rs} & {r["seed"] for r in ref})
+    try:
+        a = [_scenes(row, s, args) for s in seeds]
+        b = [_scenes(REFERENCE, s, args) for s in seeds]
+    except FileNotFoundError:
+        return "(scenes not here)"
+    ci = paired_bootstrap(a, b, domains, n_boot=args.boot)
+    return f"{100 * ci['diff']:+.1f} [{100 * ci['low']:+.1f}, {100 * ci['high']:+.1f}]"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", choices=list(PRESETS), default="cpu")
+    ap.add_argument("--rows", nargs="+", default=[*TRAIN_ROWS, *PRUNE_ROWS])
+    ap.add_argument("--seeds", nargs="+", type=int)
+    ap.add_argument("--size")
+    ap.add_argument("--base-iters", type=int)
+    ap.add_argument("--sparse-iters", type=int)
+    ap.add_argument("--finetune-iters", type=int)
+    ap.add_argument("--scenes", type=int, help="test scenes per domain")
+    ap.add_argument("--rate", type=float, default=0.3)
+    ap.add_argument("--lambda-s", default="auto",
+                    help="sparsity weight; auto = 0.05 × 60 / sparse iterations (a γ with w̃ = 1 shrinks by ≈ 0.25 over "
+                         "the sparse phase, the rule that gave 0.05 for 60 iterations; no held-out data)")
+    ap.add_argument("--dsp", default="assets/dsp_tiny")
+    ap.add_argument("--dsp-step", default="auto",
+                    help="DSP ascent step size; auto = npdg.recipes.zoo.choose_ascent_step against the seed's erm run "
+                         "(source val scenes only)")
+    ap.add_argument("--config", default="configs/demo/deeplabv3plus_r18.yaml")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra overrides of every training")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--boot", type=int, default=1000, help="bootstrap resamples")
+    ap.add_argument("--out", type=Path, default=ROOT / "runs" / "protocol")
+    ap.add_argument("--results", type=Path, help="per-run JSONs (default bench/results/protocol/<preset>)")
+    ap.add_argument("--table-only", action="store_true", help="tabulate the finished runs, train nothing")
+    args = ap.parse_args()
+    for k, v in PRESETS[args.preset].items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    args.results = args.results or ROOT / "bench" / "results" / "protocol" / args.preset
+    args.out = args.out / args.preset
+    unknown = [r for r in args.rows if r not in TRAIN_ROWS + PRUNE_ROWS]
+    if unknown:
+        ap.error(f"unknown rows {unknown}; valid: {', '.join(TRAIN_ROWS + PRUNE_ROWS)}")
+    print(f"machine: {platform.platform()}, {os.cpu_count()} cores; python {platform.python_version()}")
+    print("command: python bench/protocol.py " + " ".join(sys.argv[1:]), flush=True)
+    t0 = time.perf_counter()
+    results: dict[str, list[dict]] = {}
+    for seed in args.seeds:  # seed-major: a finished seed is a complete table row set
+        for row in args.rows:
+            path = args.results / f"{row}_s{seed}.json"
+            if args.table_only and not path.is_file():
+                continue
+            results.setdefault(row, []).append(do_row(row, seed, args))
+    text = table({r: results.get(r, []) for r in args.rows}, args)
+    print(text)
+    args.results.mkdir(parents=True, exist_ok=True)
+    (args.results / "table.md").write_text(text + "\n")
+    print(f"total {time.perf_counter() - t0:.0f} s this call (finished runs reused); test split, {args.scenes} scenes per domain")
+
+
+if __name__ == "__main__":
+    main()
