@@ -94,11 +94,13 @@ def run_model(name: str, args) -> pd.DataFrame:
 def print_summary(name: str, frame: pd.DataFrame) -> None:
     s = mechanism.summary(frame)
     print(f"\n{name}: mean mIoU (%) on source and the 6 held-out domains; Δ against the re-estimated dense model")
-    print(f"{'selection':<16} {'rate':>5} {'n':>2} {'source':>7} {'held':>7} {'Δsrc':>7} {'Δheld':>7} {'gap':>7} {'±':>5}")
+    print(f"{'selection':<16} {'rate':>5} {'n':>2} {'source':>7} {'held':>7} {'Δsrc':>7} {'Δheld':>7} {'±':>5} {'gap':>7} "
+          f"{'±':>5} {'kept h−s':>8}")
     for r in s.itertuples():
         tag = r.selection + ("" if r.recalibrated else " (as is)")
         print(f"{tag:<16} {r.rate:5.2f} {r.seeds:2d} {100 * r.source:7.2f} {100 * r.heldout:7.2f} "
-              f"{100 * r.d_source:+7.2f} {100 * r.d_heldout:+7.2f} {100 * r.gap:+7.2f} {100 * r.gap_std:5.2f}")
+              f"{100 * r.d_source:+7.2f} {100 * r.d_heldout:+7.2f} {100 * r.d_heldout_std:5.2f} {100 * r.gap:+7.2f} "
+              f"{100 * r.gap_std:5.2f} {100 * r.rel_gap:+8.1f}")
 
 
 def main() -> None:

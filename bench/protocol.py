@@ -25,7 +25,9 @@ from its last checkpoint. Runs go under ``--out`` (git-ignored). Presets:
 
 - ``cpu`` (default): 64×128, base 1500, sparse 400, fine-tune 400 iterations, 3 seeds — about
   6 hours on the 2-core CPU (measured per run in the JSONs);
-- ``gpu``: 128×256, base 4000, sparse 1000, fine-tune 1000 — one command for a GPU machine;
+- ``gpu``: 128×256, base 3000, sparse 750, fine-tune 750, the main rows (dsp, dsp_budget, npdg,
+  slimming, l1norm), the 3 seeds as 3 concurrent processes with 4 loader workers each — one command
+  for a GPU machine with 16 cores;
 - ``smoke``: 64×128, 6 + 3 + 3 iterations, 1 seed, 4 scenes — checks the whole pipeline in minutes.
 
     python bench/protocol.py [--preset cpu] [--seeds 0 1 2] [--rows ...] [--out runs/protocol]
@@ -56,7 +58,8 @@ from npdg.significance import mean_miou, miou_of, paired_bootstrap, scene_confus
 PY = [sys.executable, "-m", "npdg"]
 PRESETS = {
     "cpu": dict(size="64x128", base_iters=1500, sparse_iters=400, finetune_iters=400, scenes=50, seeds=[0, 1, 2]),
-    "gpu": dict(size="128x256", base_iters=4000, sparse_iters=1000, finetune_iters=1000, scenes=100, seeds=[0, 1, 2]),
+    "gpu": dict(size="128x256", base_iters=3000, sparse_iters=750, finetune_iters=750, scenes=100, seeds=[0, 1, 2],
+                rows=["dsp", "dsp_budget", "npdg", "slimming", "l1norm"], parallel=3, workers=4),
     "smoke": dict(size="64x128", base_iters=6, sparse_iters=3, finetune_iters=3, scenes=4, seeds=[0]),
 }
 TRAIN_ROWS = ("erm", "photometric", "dsp", "dsp_budget")
@@ -245,10 +248,38 @@ def _ci(row: str, rs: list[dict], ref: list[dict], domains, args) -> str:
     return f"{100 * ci['diff']:+.1f} [{100 * ci['low']:+.1f}, {100 * ci['high']:+.1f}]"
 
 
+def _parallel(args) -> None:
+    """Each seed in its own process (``--seeds S --parallel 1``), ``args.parallel`` at a time."""
+    argv = list(sys.argv[1:])
+    base = [sys.executable, str(Path(__file__).resolve())]
+    strip = {"--seeds", "--parallel"}
+    kept, skip = [], False
+    for a in argv:
+        if skip and not a.startswith("--"):
+            continue
+        skip = a in strip
+        if not skip:
+            kept.append(a)
+    pending = [base + kept + ["--seeds", str(s), "--parallel", "1"] for s in args.seeds]
+    running: list[subprocess.Popen] = []
+    while pending or running:
+        while pending and len(running) < args.parallel:
+            cmd = pending.pop(0)
+            print("$ " + " ".join(cmd), flush=True)
+            running.append(subprocess.Popen(cmd, cwd=ROOT))
+        time.sleep(2)
+        for p in [p for p in running if p.poll() is not None]:
+            running.remove(p)
+            if p.returncode:
+                sys.exit(f"error: a seed's process failed ({p.returncode}): {' '.join(p.args)}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", choices=list(PRESETS), default="cpu")
-    ap.add_argument("--rows", nargs="+", default=[*TRAIN_ROWS, *PRUNE_ROWS])
+    ap.add_argument("--rows", nargs="+")
+    ap.add_argument("--parallel", type=int, help="run the seeds as this many concurrent processes (GPU)")
+    ap.add_argument("--workers", type=int, help="data-loader worker processes of every training")
     ap.add_argument("--seeds", nargs="+", type=int)
     ap.add_argument("--size")
     ap.add_argument("--base-iters", type=int)
@@ -271,9 +302,12 @@ def main() -> None:
     ap.add_argument("--results", type=Path, help="per-run JSONs (default bench/results/protocol/<preset>)")
     ap.add_argument("--table-only", action="store_true", help="tabulate the finished runs, train nothing")
     args = ap.parse_args()
-    for k, v in PRESETS[args.preset].items():
+    defaults = {"rows": [*TRAIN_ROWS, *PRUNE_ROWS], "parallel": 1, "workers": None, **PRESETS[args.preset]}
+    for k, v in defaults.items():
         if getattr(args, k) is None:
             setattr(args, k, v)
+    if args.workers:
+        args.set = [f"train.num_workers={args.workers}", *args.set]
     args.results = args.results or ROOT / "bench" / "results" / "protocol" / args.preset
     args.out = args.out / args.preset
     unknown = [r for r in args.rows if r not in TRAIN_ROWS + PRUNE_ROWS]
@@ -282,6 +316,9 @@ def main() -> None:
     print(f"machine: {platform.platform()}, {os.cpu_count()} cores; python {platform.python_version()}")
     print("command: python bench/protocol.py " + " ".join(sys.argv[1:]), flush=True)
     t0 = time.perf_counter()
+    if args.parallel > 1 and len(args.seeds) > 1 and not args.table_only:
+        _parallel(args)
+        args.table_only = True
     results: dict[str, list[dict]] = {}
     for seed in args.seeds:  # seed-major: a finished seed is a complete table row set
         for row in args.rows:

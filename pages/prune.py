@@ -343,21 +343,25 @@ SELECTION_COLOURS = {"most_combined": "#d62728", "most_unary": "#ff7f0e", "most_
 
 
 def _mechanism_figure(summary) -> go.Figure:
-    """gap = Δheld-out − Δsource vs rate, one line per selection (random: mean ± std over seeds)."""
+    """Δheld-out against Δsource (points of mIoU, vs the re-estimated dense model), one line per
+    selection through its rates (random: mean over seeds, ± std): at equal source loss, a selection
+    whose held-out falls less removed the more domain-specific units."""
     fig = go.Figure()
     rows = summary[(summary["selection"] != "dense") & summary["recalibrated"]]
     for sel, f in rows.groupby("selection", sort=False):
         f = f.sort_values("rate")
-        fig.add_scatter(x=f["rate"], y=100 * f["gap"], mode="lines+markers", name=sel,
+        fig.add_scatter(x=100 * f["d_source"], y=100 * f["d_heldout"], mode="lines+markers+text", name=sel,
+                        text=[f"{r:g}" for r in f["rate"]], textposition="top center", textfont_size=9,
                         line=dict(color=SELECTION_COLOURS.get(sel, "#000000"), dash="dash" if sel == "random" else "solid"),
-                        error_y=dict(type="data", array=100 * f["gap_std"], visible=bool((f["seeds"] > 1).any())),
-                        customdata=np.stack([100 * f["d_source"], 100 * f["d_heldout"]], axis=1),
-                        hovertemplate="r = %{x}<br>gap %{y:+.2f}<br>Δsource %{customdata[0]:+.2f}"
-                                      "<br>Δheld-out %{customdata[1]:+.2f}<extra>" + sel + "</extra>")
+                        error_y=dict(type="data", array=100 * f["d_heldout_std"], visible=bool((f["seeds"] > 1).any())),
+                        customdata=np.stack([f["rate"], 100 * f["gap"], 100 * f["rel_gap"]], axis=1),
+                        hovertemplate="r = %{customdata[0]}<br>Δsource %{x:+.2f}<br>Δheld-out %{y:+.2f}"
+                                      "<br>gap %{customdata[1]:+.2f} points<br>kept: held-out − source "
+                                      "%{customdata[2]:+.1f} %<extra>" + sel + "</extra>")
     fig.add_hline(y=0, line=dict(color="black", width=1))
-    fig.update_layout(height=380, margin=dict(l=0, r=0, t=40, b=0), xaxis_title="share of units masked (r)",
-                      yaxis_title="gap = Δheld-out − Δsource (points)",
-                      title="Masking style-sensitive units, BN re-estimated — above 0: held-out gains on source")
+    fig.update_layout(height=420, margin=dict(l=0, r=0, t=40, b=0), xaxis_title="Δ source mIoU (points)",
+                      yaxis_title="Δ held-out mean mIoU (points)",
+                      title="Masking style-sensitive units, BN re-estimated (labels: the rate r)")
     return fig
 
 
@@ -366,9 +370,9 @@ def _tab_mechanism(v: View) -> None:
         "**The mechanism test** (docs/method.md §9), no training: mask the most style-sensitive units (by combined "
         "w, unary only, binary only), the least sensitive, or random ones; **re-estimate every BatchNorm's "
         "statistics** on clean and DSP-stylized source images (masking shifts what every later BN sees, which "
-        "alone can wreck a model); score source and held-out mIoU. The gap is Δheld-out − Δsource against the "
-        "re-estimated dense model: if masking the *most* sensitive units gives a larger gap than masking random "
-        "or the least sensitive ones, the sensitivity measure finds the units NPDG means to remove.")
+        "alone can wreck a model); score source and held-out mIoU against the re-estimated dense model. At equal "
+        "source loss, a selection whose held-out mIoU falls *less* than random's removed the more domain-specific "
+        "units; one whose held-out *rises* would be the mechanism NPDG relies on.")
     try:
         status = mechanism.mechanism_job(v.model.path, lookup_only=True)
     except Exception as exc:
@@ -395,12 +399,15 @@ def _tab_mechanism(v: View) -> None:
         st.plotly_chart(_mechanism_figure(summary), width="stretch", key="mech_fig")
         top = summary[summary["rate"] == summary["rate"].max()].set_index("selection")
         if {"most_combined", "random", "least_combined"} <= set(top.index):
+            t = top.loc
             st.caption(
-                f"At r = {top['rate'].iloc[0]:g}: gap {100 * top.loc['most_combined', 'gap']:+.2f} masking the most "
-                f"sensitive (combined), {100 * top.loc['random', 'gap']:+.2f} ± {100 * top.loc['random', 'gap_std']:.2f} "
-                f"random, {100 * top.loc['least_combined', 'gap']:+.2f} the least sensitive (points of mIoU).")
+                f"At r = {top['rate'].iloc[0]:g}, Δsource / Δheld-out (points): masking the most sensitive (combined) "
+                f"{100 * t['most_combined', 'd_source']:+.1f} / {100 * t['most_combined', 'd_heldout']:+.1f}; random "
+                f"{100 * t['random', 'd_source']:+.1f} / {100 * t['random', 'd_heldout']:+.1f} "
+                f"(± {100 * t['random', 'd_heldout_std']:.1f} over seeds); the least sensitive "
+                f"{100 * t['least_combined', 'd_source']:+.1f} / {100 * t['least_combined', 'd_heldout']:+.1f}.")
         table = summary.assign(**{c: (100 * summary[c]).round(2) for c in ("source", "heldout", "d_source", "d_heldout",
-                                                                          "gap", "gap_std")})
+                                                                          "d_heldout_std", "gap", "gap_std", "rel_gap")})
         st.dataframe(table, hide_index=True, key="mech_table")
         st.download_button("Download the raw results (CSV)", data=frame.to_csv(index=False),
                            file_name="mechanism.csv", mime="text/csv", key="mech_dl")

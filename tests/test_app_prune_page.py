@@ -131,3 +131,15 @@ def test_bad_values_in_the_link_fall_back(query):
     at = _open(**query)
     assert not at.exception
     assert 0.0 <= at.slider(key="rate").value <= 0.7
+
+
+@pytest.mark.skipif(not (SPARSE / "mechanism.csv").is_file(), reason="no shipped mechanism results")
+def test_the_mechanism_tab_shows_the_shipped_test():
+    at = _tab(_open(), "Mechanism")
+    assert not at.error and not at.get("button")  # shipped: nothing to compute
+    fig = next(c for c in _charts(at) if "Masking style-sensitive units" in c["layout"]["title"]["text"])
+    names = {t["name"] for t in fig["data"]}
+    assert {"most_combined", "least_combined", "random"} <= names
+    assert _metric(at, "after BN re-estimation").value
+    assert any("masking the most sensitive" in c.value for c in at.caption)
+    assert fig["layout"]["xaxis"]["title"]["text"].startswith("Δ source")

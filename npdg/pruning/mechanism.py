@@ -203,9 +203,12 @@ def mechanism_test(
 
 
 def summary(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per (selection, rate): source and held-out mean mIoU (mean ± std over seeds), their
-    deltas against the re-estimated dense model, and ``gap`` = Δheld-out − Δsource (positive: the
-    masking helped the held-out domains more than it cost the source — the mechanism)."""
+    """One row per (selection, rate): source and held-out mean mIoU (mean over seeds), their deltas
+    against the re-estimated dense model (``d_heldout_std``: over seeds), ``gap`` = Δheld-out −
+    Δsource in points and ``rel_gap`` = the share of its dense held-out mIoU the model keeps minus the
+    share of its source mIoU (a held-out mIoU far below the source one can fall by fewer points for
+    that reason alone; the shares compare like with like). Compare selections at equal source loss:
+    one whose held-out falls less there removes the more domain-specific units."""
     per = (frame.assign(part=np.where(frame["role"] == "source", "source", np.where(frame["averaged"], "heldout", "other")))
            .query("part != 'other'")
            .groupby(["selection", "rate", "seed", "recalibrated", "part"], as_index=False)["miou"].mean()
@@ -216,12 +219,13 @@ def summary(frame: pd.DataFrame) -> pd.DataFrame:
         raise ConfigError("the frame has no re-estimated dense model to compare against")
     src0, held0 = float(ref["source"].iloc[0]), float(ref["heldout"].iloc[0])
     per = per.assign(d_source=per["source"] - src0, d_heldout=per["heldout"] - held0)
-    per = per.assign(gap=per["d_heldout"] - per["d_source"])
+    per = per.assign(gap=per["d_heldout"] - per["d_source"],
+                     rel_gap=per["heldout"] / held0 - per["source"] / src0)
     out = (per.groupby(["selection", "rate", "recalibrated"], as_index=False, sort=False)
            .agg(seeds=("seed", "size"), source=("source", "mean"), heldout=("heldout", "mean"),
-                d_source=("d_source", "mean"), d_heldout=("d_heldout", "mean"), gap=("gap", "mean"),
-                gap_std=("gap", "std")))
-    return out.assign(gap_std=out["gap_std"].fillna(0.0))
+                d_source=("d_source", "mean"), d_heldout=("d_heldout", "mean"), d_heldout_std=("d_heldout", "std"),
+                gap=("gap", "mean"), gap_std=("gap", "std"), rel_gap=("rel_gap", "mean")))
+    return out.assign(gap_std=out["gap_std"].fillna(0.0), d_heldout_std=out["d_heldout_std"].fillna(0.0))
 
 
 __all__ = ["RESULT_COLUMNS", "SELECTIONS", "calibration_batches", "check_rates", "mask_plan", "masked_copy", "mechanism_test",
