@@ -93,6 +93,18 @@ SESSION = {
 }
 
 
+def _timed(name: str, page, act) -> float:
+    """:func:`timed`, naming the interaction when it never finishes."""
+    if os.environ.get("NPDG_BENCH_VERBOSE"):
+        print(f"  … {name}", flush=True)
+    try:
+        return timed(page, act, timeout_s=120)
+    except Exception as exc:
+        page.screenshot(path=str(Path(tempfile.gettempdir()) / "bench_dashboard_stuck.png"))
+        raise RuntimeError(f"{name}: no 'script done' within 120 s ({type(exc).__name__}); screenshot in "
+                           f"{tempfile.gettempdir()}/bench_dashboard_stuck.png") from exc
+
+
 def _stats(times: list[float]) -> tuple[float, float]:
     ordered = sorted(times)
     return statistics.median(ordered), ordered[max(0, int(round(0.95 * len(ordered))) - 1)]
@@ -131,7 +143,7 @@ def main() -> None:
             pages[name] = page
         for name, (_, _, act) in session.items():  # warm-up: one of each
             pages[name].bring_to_front()  # the tab a user looks at (background tabs are throttled)
-            timed(pages[name], lambda a=act, p=pages[name]: a(p), timeout_s=120)
+            _timed(name, pages[name], lambda a=act, p=pages[name]: a(p))
             pages[name].wait_for_selector(IDLE, timeout=300_000)
         rss0 = rss_mb(proc.pid)
         samples: dict[str, list[float]] = {}
@@ -141,7 +153,7 @@ def main() -> None:
             page = pages[name]
             page.bring_to_front()
             kind = []
-            seconds = timed(page, lambda a=session[name][2], p=page, k=kind: k.append(a(p)), timeout_s=120)
+            seconds = _timed(name, page, lambda a=session[name][2], p=page, k=kind: k.append(a(p)))
             samples.setdefault(name + (f", a {kind[0]} value" if kind and kind[0] else ""), []).append(seconds)
             page.wait_for_selector(IDLE, timeout=300_000)
         rss1 = rss_mb(proc.pid)

@@ -23,9 +23,10 @@ counts only its last part).
 Resumable: a finished run (its results JSON present) is skipped; an interrupted training resumes
 from its last checkpoint. Runs go under ``--out`` (git-ignored). Presets:
 
-- ``cpu`` (default): 64×128, base 1500, sparse 400, fine-tune 400 iterations, 3 seeds — about
-  6 hours on the 2-core CPU (measured per run in the JSONs);
-- ``gpu``: 128×256, base 3000, sparse 750, fine-tune 750, the main rows (dsp, dsp_budget, npdg,
+- ``cpu`` (default): 64×128, base 800, sparse 200, fine-tune 200 iterations, 3 seeds — about
+  6 hours on the 2-core CPU (~2 h a seed: an erm step at 64×128 takes ~0.57 s there with the
+  renderer, a DSP step ~3× that; the measured time of every run is in its JSON);
+- ``gpu``: 128×256, base 3000, sparse 750, fine-tune 750 (several times the CPU preset), the main rows (dsp, dsp_budget, npdg,
   slimming, l1norm), the 3 seeds as 3 concurrent processes with 4 loader workers each — one command
   for a GPU machine with 16 cores;
 - ``smoke``: 64×128, 6 + 3 + 3 iterations, 1 seed, 4 scenes — checks the whole pipeline in minutes.
@@ -57,7 +58,7 @@ from npdg.significance import mean_miou, miou_of, paired_bootstrap, scene_confus
 
 PY = [sys.executable, "-m", "npdg"]
 PRESETS = {
-    "cpu": dict(size="64x128", base_iters=1500, sparse_iters=400, finetune_iters=400, scenes=50, seeds=[0, 1, 2]),
+    "cpu": dict(size="64x128", base_iters=800, sparse_iters=200, finetune_iters=200, scenes=50, seeds=[0, 1, 2]),
     "gpu": dict(size="128x256", base_iters=3000, sparse_iters=750, finetune_iters=750, scenes=100, seeds=[0, 1, 2],
                 rows=["dsp", "dsp_budget", "npdg", "slimming", "l1norm"], parallel=3, workers=4),
     "smoke": dict(size="64x128", base_iters=6, sparse_iters=3, finetune_iters=3, scenes=4, seeds=[0]),
