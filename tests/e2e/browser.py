@@ -135,23 +135,36 @@ def open_idle(page, url: str, timeout_s: float = 180) -> float:
 
 
 _WATCH = """() => {
-  const app = document.querySelector("[data-testid='stApp']");
   if (!window.__npdgStates) {
     window.__npdgStates = [];
-    new MutationObserver(() => window.__npdgStates.push([app.getAttribute('data-test-script-state'), performance.now()]))
-      .observe(app, {attributes: true, attributeFilter: ['data-test-script-state']});
+    // the whole document, not one element: a re-mounted stApp is still seen (attributeFilter keeps it cheap)
+    new MutationObserver(records => { for (const r of records) {
+        if (r.target.getAttribute && r.target.getAttribute('data-testid') === 'stApp')
+          window.__npdgStates.push([r.target.getAttribute('data-test-script-state'), performance.now()]); } })
+      .observe(document.documentElement, {attributes: true, subtree: true, attributeFilter: ['data-test-script-state']});
   }
   window.__npdgStates.length = 0;
   return performance.now();
 }"""
 _DONE = """() => { const s = window.__npdgStates; const i = s.findIndex(x => x[0] === 'running');
   if (i < 0) return null; const d = s.slice(i).find(x => x[0] === 'notRunning'); return d ? d[1] : null; }"""
+_STARTED = "() => window.__npdgStates.some(x => x[0] === 'running')"
 
 
-def timed(page, action, timeout_s: float = 120) -> float:
-    """Seconds from ``action()`` (an input) to the end of the rerun it causes, measured in the browser."""
+def timed(page, action, timeout_s: float = 120, retry=None, retry_after_s: float = 15) -> float:
+    """Seconds from ``action()`` (an input) to the end of the rerun it causes, measured in the browser.
+
+    ``retry``: an input to give instead when no rerun has started ``retry_after_s`` after the first
+    while the app is idle (headless chromium rarely drops a click that lands while the page
+    settles); the time still counts from the first input. Without it, such a drop times out."""
     t0 = page.evaluate(_WATCH)
     action()
+    if retry is not None:
+        try:
+            page.wait_for_function(_STARTED, timeout=retry_after_s * 1000)
+        except Exception:
+            if page.locator(IDLE).count():
+                retry()
     page.wait_for_function(f"() => ({_DONE})() !== null", timeout=timeout_s * 1000)
     return (page.evaluate(_DONE) - t0) / 1000.0
 

@@ -80,7 +80,7 @@ def test_every_page_opens_and_its_main_widget_works(server, name):
         page.get_by_text(title).first.wait_for(timeout=60_000)
         page.get_by_text(ready).first.wait_for(timeout=300_000)  # e.g. the Unit page's atlas job has finished
         page.wait_for_selector(IDLE, timeout=180_000)
-        seconds = timed(page, lambda: use(page), timeout_s=180)
+        seconds = timed(page, lambda: use(page), timeout_s=180, retry=lambda: use(page))
         page.wait_for_selector(IDLE, timeout=180_000)
         assert page.locator(EXCEPTION).count() == 0, page.locator(EXCEPTION).first.inner_text()
         assert not page.errors, page.errors
