@@ -26,22 +26,25 @@ PAGE_RATES = (0.1, 0.2, 0.3)
 PAGE_SELECTIONS = ("most_combined", "most_unary", "most_binary", "least_combined", "random")
 
 
-def model_size(model_path: str | Path) -> tuple[int, int]:
-    """The input size the model was trained at (its run config's ``data.size``; 128×256 without one)."""
+def _run_config(model_path: str | Path):
+    """The run config next to the model file (None without one)."""
     from npdg.config import load_run_config
     from npdg.models.store import resolve_model_path
 
-    cfg = load_run_config(resolve_model_path(model_path).parent)
+    return load_run_config(resolve_model_path(model_path).parent)
+
+
+def model_size(model_path: str | Path) -> tuple[int, int]:
+    """The input size the model was trained at (its run config's ``data.size``; 128×256 without one)."""
+    cfg = _run_config(model_path)
     return tuple(int(v) for v in cfg.data.size) if cfg is not None and cfg.data.size else (128, 256)
 
 
 def model_dsp(model_path: str | Path) -> Path:
     """The DSP the model was trained with (its config's ``dsp.path``), else the repository's."""
-    from npdg.config import load_run_config
-    from npdg.models.store import resolve_model_path
     from npdg.recipes.prune import DEFAULT_DSP
 
-    cfg = load_run_config(resolve_model_path(model_path).parent)
+    cfg = _run_config(model_path)
     if cfg is not None and cfg.dsp.path:
         path = Path(cfg.dsp.path)
         path = path if path.is_absolute() else Path(__file__).resolve().parents[2] / path
