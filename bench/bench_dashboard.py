@@ -84,7 +84,10 @@ SESSION = {
     "data: opacity slider": ("/?scene=3&domains=source&domains=night&domains=fog", "Classes in this scene", _slider()),
     "styles: K slider": ("/styles?k=4&scene=2", "style 0", _slider()),
     "sensitivity: λ slider": ("/sensitivity", "Selected layer", _slider()),
-    "prune: rate slider": ("/prune?rate=0.3", "GFLOPs @ 512×1024", _sweep(4, 6)),  # 0.30 → 0.50 → 0.00 → …: low and high rates
+    # 0.30 → 0.50 → 0.00 → …: low and high rates. At the default settings a new rate is read from the
+    # zoo model's shipped what-ifs (npdg zoo whatif); with another per-layer cap it is computed.
+    "prune: rate slider": ("/prune?rate=0.3", "GFLOPs @ 512×1024", _sweep(4, 6)),
+    "prune (cap 0.75): rate slider": ("/prune?rate=0.3&cap=0.75", "GFLOPs @ 512×1024", _sweep(4, 6)),
     "compare: opacity slider": ("/compare?doms=source&doms=fog&doms=night", "Val scene 0 in 3 domains", _slider()),
     "explain: region radio (Grad-CAM A vs B)": ("/explain?dom=fog&target=class&class=road", "The decision, unit by unit",
                                                 _radio("false negatives", "class")),

@@ -8,7 +8,15 @@ Rows, for every seed (docs/method.md §9):
 - ``npdg``, ``slimming`` — from the ``dsp`` run: ``--sparse-iters`` of sparse training (λ_s
   ``--lambda-s``), prune at ``--rate``, ``--finetune-iters`` of DSP fine-tuning;
 - ``l1norm``, ``random`` — from the ``dsp`` run: prune at ``--rate``, then sparse + fine-tune
-  iterations of fine-tuning (the same budget).
+  iterations of fine-tuning (the same budget);
+- ablations (``--rows ablations``, one seed is enough): ``npdg_binary`` (λ = 0), ``npdg_lam0.2``,
+  ``npdg_lam0.6``, ``npdg_lam0.8``, ``npdg_unary`` (λ = 1) — the unary/binary mix of the sensitivity
+  weights (``npdg`` itself is λ = 0.4) — and ``npdg_r0.1``, ``npdg_r0.2``, ``npdg_r0.4``, which prune
+  the ``npdg`` row's sparse-trained model at other rates. They go to ``ablations.md`` and the plot
+  ``ablations.png`` (held-out, corruption and source mIoU against λ and r).
+
+Every pruned row also records the share of units it pruned per stage (stem, layer1–4 / block1–4,
+decoder; the table's second part): the paper notes NPDG prunes mostly shallow layers.
 
 Every run is scored on the ``test`` split, ``--scenes`` scenes per domain: the 6 held-out style
 domains, the source, ``suburb`` (content shift, not averaged) and the 6 corruption domains of
@@ -32,6 +40,7 @@ from its last checkpoint. Runs go under ``--out`` (git-ignored). Presets:
 - ``smoke``: 64×128, 6 + 3 + 3 iterations, 1 seed, 4 scenes — checks the whole pipeline in minutes.
 
     python bench/protocol.py [--preset cpu] [--seeds 0 1 2] [--rows ...] [--out runs/protocol]
+    python bench/protocol.py --preset cpu --seeds 0 --rows ablations
 """
 
 from __future__ import annotations
@@ -40,6 +49,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import resource
 import subprocess
 import sys
@@ -65,7 +75,27 @@ PRESETS = {
 }
 TRAIN_ROWS = ("erm", "photometric", "dsp", "dsp_budget")
 PRUNE_ROWS = ("npdg", "slimming", "l1norm", "random")
-SPARSE_ROWS = ("npdg", "slimming")
+SPARSE_CRITERIA = ("npdg", "npdg_unary", "npdg_binary", "slimming")
+#: The ablations (one seed is enough, issue #15): λ mixing unary (λ = 1, ``npdg_unary``) and binary
+#: (λ = 0, ``npdg_binary``) sensitivity, and the rate r. An ``_r`` row prunes the ``npdg`` row's own
+#: sparse-trained model at another rate (same sparse phase, only the fine-tune is new).
+LAMBDA_ROWS = ("npdg_binary", "npdg_lam0.2", "npdg_lam0.6", "npdg_lam0.8", "npdg_unary")
+RATE_ROWS = ("npdg_r0.1", "npdg_r0.2", "npdg_r0.4")
+ABLATION_ROWS = LAMBDA_ROWS + RATE_ROWS
+ROW_PATTERN = re.compile(r"^(?P<crit>npdg_unary|npdg_binary|npdg|slimming|l1norm|random)"
+                         r"(?:_lam(?P<lam>[01](?:\.\d+)?))?(?:_r(?P<rate>0\.\d+))?$")
+
+
+def parse_row(row: str) -> tuple[str, float | None, float | None]:
+    """(criterion, λ or None, rate or None) of a prune row such as ``npdg``, ``npdg_lam0.2``, ``npdg_r0.1``."""
+    m = ROW_PATTERN.match(row)
+    if m is None or row in TRAIN_ROWS:
+        raise ValueError(f"not a prune row: {row!r}")
+    lam = None if m["lam"] is None else float(m["lam"])
+    rate = None if m["rate"] is None else float(m["rate"])
+    if (lam is not None or rate is not None) and m["crit"] != "npdg" or lam is not None and rate is not None:
+        raise ValueError(f"{row!r}: _lam and _r vary npdg, one at a time")
+    return m["crit"], lam, rate
 HELDOUT = tuple(domain_names("heldout"))
 CORRUPT = tuple(f"corrupt_{c}" for c in CORRUPTIONS)
 REFERENCE = "dsp_budget"
@@ -100,14 +130,73 @@ def train(row: str, seed: int, args, out: Path) -> dict[str, float]:
 
 
 def prune(row: str, seed: int, args, out: Path, base: Path) -> dict[str, float]:
-    sparse = row in SPARSE_ROWS
-    cmd = PY + ["prune", "--run", str(base), "--out", str(out), "--criterion", row, "--rate", str(args.rate),
-                "--finetune-iters", str(args.finetune_iters + (0 if sparse else args.sparse_iters)),
+    """Sparse-train (sparse criteria), prune and fine-tune ``base`` as ``row`` says; an ``_r`` row
+    starts from the ``npdg`` row's sparse-trained model (its sparse phase is not repeated)."""
+    crit, lam, rate = parse_row(row)
+    sparse = crit in SPARSE_CRITERIA and rate is None
+    cmd = PY + ["prune", "--run", str(base), "--out", str(out), "--criterion", crit,
+                "--rate", str(args.rate if rate is None else rate),
+                "--finetune-iters", str(args.finetune_iters + (args.sparse_iters if crit not in SPARSE_CRITERIA else 0)),
                 "--seed", str(seed), "--dsp", args.dsp, "--cost-size", "512x1024", "--device", args.device,
                 "--overwrite", "--no-progress"]
     if sparse:
         cmd += ["--sparse-iters", str(args.sparse_iters), "--lambda-s", str(lambda_s(args))]
+    if lam is not None:
+        cmd += ["--lam", str(lam)]
     return run(cmd)
+
+
+def base_of(row: str, seed: int, args) -> Path:
+    """The run a prune row starts from (made first when missing): ``dsp``, or for an ``_r`` row the
+    ``npdg`` row's sparse-trained model."""
+    if parse_row(row)[2] is not None:
+        if not (args.results / f"npdg_s{seed}.json").is_file():
+            do_row("npdg", seed, args)
+        return args.out / f"npdg_s{seed}" / "sparse"
+    if not (args.results / f"dsp_s{seed}.json").is_file():
+        do_row("dsp", seed, args)
+    return args.out / f"dsp_s{seed}"
+
+
+def sparse_of(out: Path, crit: str) -> dict:
+    """λ_s and the λ the sparse phase of run ``out`` used (from its ``sparse/config.yaml``; the
+    ``npdg_unary`` / ``npdg_binary`` modes force λ), or nothing for a criterion without one."""
+    from npdg.config import load_config
+    from npdg.recipes.modes import mode
+
+    path = out / "sparse" / "config.yaml"
+    if crit not in SPARSE_CRITERIA or not path.is_file():
+        return {}
+    s = load_config(path).sparsity
+    return {"lambda_s": s.lambda_s, **({"lam": mode(crit).lam_for(s.lam)} if crit != "slimming" else {})}
+
+
+def stage_shares(out: Path) -> dict[str, float] | None:
+    """Share of the candidate units pruned in each stage of the model (``stem``, ``layer1``…, ``decoder``),
+    from the run's ``pruning_plan.json`` — where the criterion prunes (the paper: mostly shallow layers)."""
+    from npdg.pruning.selection import PruningPlan
+
+    path = out / "pruning_plan.json"
+    if not path.is_file():
+        return None
+    pruned: dict[str, int] = {}
+    size: dict[str, int] = {}
+    for lp in PruningPlan.load(path).layers:
+        stage = stage_of(lp.name)
+        pruned[stage] = pruned.get(stage, 0) + len(lp.pruned)
+        size[stage] = size.get(stage, 0) + lp.size
+    return {s: pruned[s] / size[s] for s in size if size[s]}
+
+
+def stage_of(layer: str) -> str:
+    """The stage a unit layer belongs to: ``encoder.layer2.0.bn1`` → ``layer2``; ``encoder.block1…`` → ``block1``;
+    the encoder's first BN → ``stem``; anything outside the encoder → ``decoder``."""
+    parts = layer.split(".")
+    parts = parts[1:] if parts[0] == "net" else parts  # npdg models wrap the smp one as ``net``
+    if parts[0] != "encoder":
+        return "decoder"
+    named = next((p for p in parts[1:] if re.fullmatch(r"(layer|block)\d+", p)), None)
+    return named or "stem"
 
 
 def lambda_s(args) -> float:
@@ -183,16 +272,15 @@ def do_row(row: str, seed: int, args) -> dict:
     if row in TRAIN_ROWS:
         spent = train(row, seed, args, out)
     else:
-        base = args.out / f"dsp_s{seed}"
-        if not (args.results / f"dsp_s{seed}.json").is_file():
-            do_row("dsp", seed, args)
-        spent = prune(row, seed, args, out, base)
+        spent = prune(row, seed, args, out, base_of(row, seed, args))
     result = {"row": row, "seed": seed, "settings": settings_of(args), "train_wall_s": spent["wall_s"],
               "train_cpu_s": spent["cpu_s"], **score(out, args)}
     if row in ("dsp", "dsp_budget"):
         result["dsp_step"] = dsp_step(seed, args)
-    if row in SPARSE_ROWS:
-        result["lambda_s"] = lambda_s(args)
+    if row not in TRAIN_ROWS:
+        crit, lam, rate = parse_row(row)
+        result.update(criterion=crit, rate=args.rate if rate is None else rate, stages=stage_shares(out))
+        result.update(sparse_of(out if rate is None else base_of(row, seed, args).parent, crit))
     args.results.mkdir(parents=True, exist_ok=True)
     atomic_write_json(result, path)
     return result
@@ -229,6 +317,67 @@ def table(results: dict[str, list[dict]], args) -> str:
         cells.append(ms([r["gamma_abs_std"] for r in rs], 1.0, 3))
         lines.append(f"| {row} | {len(rs)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def stage_table(results: dict[str, list[dict]], args) -> str:
+    """Markdown: the share of units each pruned row removed per stage, mean over seeds (where it
+    prunes; read from the run folder's plan for a results JSON written before it was recorded)."""
+    for rs in results.values():
+        for x in rs:
+            if "stages" not in x and x["row"] not in TRAIN_ROWS:
+                x["stages"] = stage_shares(args.out / f"{x['row']}_s{x['seed']}")
+    rows = {r: rs for r, rs in results.items() if rs and all(x.get("stages") for x in rs)}
+    stages = sorted({s for rs in rows.values() for x in rs for s in x["stages"]},
+                    key=lambda s: (s != "stem", s == "decoder", s))
+    if not rows:
+        return ""
+    lines = ["| row | seeds | " + " | ".join(stages) + " |", "|---" * (len(stages) + 2) + "|"]
+    for r, rs in rows.items():
+        cells = [f"{100 * np.mean([x['stages'].get(s, np.nan) for x in rs]):.0f} %" for s in stages]
+        lines.append(f"| {r} | {len(rs)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def ablation_plot(args, seed: int, path: Path) -> Path | None:
+    """The paper's two ablation curves on the embedded benchmark, one seed: held-out, corruption and
+    source mIoU of npdg against λ (0 = binary only, 1 = unary only) and against r, with the dense
+    ``dsp_budget`` model as a line; written with matplotlib (a captum dependency) to ``path``."""
+    def load(row: str) -> dict | None:
+        f = args.results / f"{row}_s{seed}.json"
+        return json.loads(f.read_text()) if f.is_file() else None
+
+    ref = load(REFERENCE)
+    lam = sorted((r["lam"], r) for r in filter(None, map(load, ("npdg", *LAMBDA_ROWS))) if "lam" in r)
+    rate = sorted((r["rate"], r) for r in filter(None, map(load, ("npdg", *RATE_ROWS))))
+    if len(lam) < 2 and len(rate) < 2:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
+    keys = (("heldout_mean", "held-out styles (mean of 6)", "C3"), ("corrupt_mean", "corruptions (mean of 6)", "C0"),
+            ("source", "source", "C7"))
+    for ax, pts, xlabel in ((axes[0], lam, "λ (0 = binary only, 1 = unary only)"), (axes[1], rate, "rate r")):
+        for key, label, colour in keys:
+            ys = [100 * (r["miou"]["source"] if key == "source" else r[key]) for _, r in pts]
+            ax.plot([x for x, _ in pts], ys, "o-", color=colour, label=label)
+            if ref is not None:
+                ax.axhline(100 * (ref["miou"]["source"] if key == "source" else ref[key]), color=colour, ls=":", lw=1)
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("mIoU (%), test split")
+    axes[0].legend(fontsize=8, loc="best")
+    fig.suptitle(f"npdg ablations, seed {seed}, {args.preset} preset (dotted: dense dsp_budget, equal iterations)",
+                 fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
 
 
 def _scenes(row: str, seed: int, args) -> dict[str, np.ndarray]:
@@ -311,9 +460,18 @@ def main() -> None:
         args.set = [f"train.num_workers={args.workers}", *args.set]
     args.results = args.results or ROOT / "bench" / "results" / "protocol" / args.preset
     args.out = args.out / args.preset
-    unknown = [r for r in args.rows if r not in TRAIN_ROWS + PRUNE_ROWS]
+    if args.rows == ["ablations"]:
+        args.rows = list(ABLATION_ROWS)
+    unknown = [r for r in args.rows if r not in TRAIN_ROWS and not ROW_PATTERN.match(r)]
     if unknown:
-        ap.error(f"unknown rows {unknown}; valid: {', '.join(TRAIN_ROWS + PRUNE_ROWS)}")
+        ap.error(f"unknown rows {unknown}; valid: {', '.join(TRAIN_ROWS + PRUNE_ROWS)}, ablations (= "
+                 f"{' '.join(ABLATION_ROWS)}) or npdg_lamX / npdg_rX")
+    for r in args.rows:
+        if r not in TRAIN_ROWS:
+            try:
+                parse_row(r)
+            except ValueError as exc:
+                ap.error(str(exc))
     print(f"machine: {platform.platform()}, {os.cpu_count()} cores; python {platform.python_version()}")
     print("command: python bench/protocol.py " + " ".join(sys.argv[1:]), flush=True)
     t0 = time.perf_counter()
@@ -328,9 +486,15 @@ def main() -> None:
                 continue
             results.setdefault(row, []).append(do_row(row, seed, args))
     text = table({r: results.get(r, []) for r in args.rows}, args)
+    stages = stage_table({r: results.get(r, []) for r in args.rows}, args)
+    text += ("\n\nShare of the units pruned per stage:\n\n" + stages) if stages else ""
     print(text)
     args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / "table.md").write_text(text + "\n")
+    ablations = set(args.rows) <= set(ABLATION_ROWS)
+    (args.results / ("ablations.md" if ablations else "table.md")).write_text(text + "\n")
+    if ablations:
+        plot = ablation_plot(args, args.seeds[0], args.results / "ablations.png")
+        print(f"plot: {plot}" if plot else "plot: not enough ablation rows yet")
     print(f"total {time.perf_counter() - t0:.0f} s this call (finished runs reused); test split, {args.scenes} scenes per domain")
 
 

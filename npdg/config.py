@@ -240,6 +240,9 @@ class PruneConfig:
     finetune_iters: int = num(0, 0)
     #: λ_s of the sparse training (None → ``sparsity.lambda_s``).
     lambda_s: float | None = num(None, 0)
+    #: λ mixing unary and binary sensitivity in the sparse training's weights (None → ``sparsity.lam``;
+    #: npdg_unary / npdg_binary force 1 / 0).
+    lam: float | None = num(None, 0, 1)
     #: Fine-tuning learning rate (None → ``train.lr``).
     lr: float | None = num(None, 0, lo_open=True)
     #: Kept channels per coupling group: a multiple of this, and at least this many.

@@ -19,7 +19,7 @@ from app import jobs as jobs_ui
 from app.models import PLAN_STATE, ModelChoice, model_panel  # the plan is offered as model B on Compare and Explain
 from npdg.service import mechanism, pruning
 
-CRITERIA = ("npdg", "slimming", "l1norm", "random", "sensitivity")
+CRITERIA = pruning.PAGE_CRITERIA
 CRITERION_HELP = {
     "npdg": "|γ| of a model sparse-trained with sensitivity-weighted L1 (NPDG, docs/method.md §4–5)",
     "slimming": "|γ| of a model sparse-trained with plain L1 (Network Slimming)",
@@ -171,7 +171,12 @@ def _what_if(v: View) -> None:
     k[1].metric("held-out mean mIoU", f"{100 * held['pruned_miou'].mean():.1f}", f"{100 * held['delta'].mean():+.1f}",
                 help="Mean over the held-out style domains (not the source, not suburb: content shift).")
     k[2].metric("scenes", f"{int(v.n_scenes)} per domain", help="The first val scenes of each domain.")
-    st.caption(f"Computed in {pruning.precision_used(v.precision)} (What-if precision: {v.precision}).")
+    if scores.attrs.get("precomputed"):
+        st.caption(f"Precomputed in fp32 and shipped with {v.model.id} (`npdg zoo whatif`: every criterion at every "
+                   "slider position with the default settings) — the numbers the exact precision computes.")
+    else:
+        st.caption(f"Computed in {scores.attrs.get('precision', pruning.precision_used(v.precision))} "
+                   f"(What-if precision: {v.precision}).")
     fig = go.Figure()
     fig.add_bar(x=scores["domain"], y=100 * scores["dense_miou"], name="dense", marker_color="#9aa5b1")
     fig.add_bar(x=scores["domain"], y=100 * scores["pruned_miou"], name=f"pruned (r = {v.rate:.2f})",

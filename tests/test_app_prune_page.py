@@ -59,6 +59,17 @@ def test_what_if_on_the_sparse_model_and_the_rate_slider():
     assert "+0.0" in str(_metric(at, "held-out mean mIoU").delta)  # nothing pruned: the dense numbers
 
 
+def test_default_what_ifs_are_the_shipped_ones_and_other_settings_compute():
+    at = _open(rate="0.45")
+    shipped = pr.shipped_what_if(SPARSE, pr.select_plan(SPARSE, criterion="npdg", rate=0.45), pr.DOMAIN_NAMES, "val",
+                                 2, pr.DEFAULT_SIZE)
+    assert shipped is not None and any(c.value.startswith("Precomputed in fp32") for c in at.caption)
+    held = [v for d, v in shipped[1].items() if d not in ("source", "suburb")]
+    assert _metric(at, "held-out mean mIoU").value == f"{100 * sum(held) / len(held):.1f}"
+    at.slider(key="cap").set_value(0.75).run()  # off the shipped table: computed, and said so
+    assert not at.exception and any(c.value.startswith("Computed in") for c in at.caption)
+
+
 def test_threshold_mode_and_the_proxy_criterion():
     at = _open()
     at.toggle(key="thr_on").set_value(True).run()

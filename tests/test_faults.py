@@ -148,6 +148,8 @@ CASES = [
     ("prune out contains run", ["prune", "--run", "{run}", "--out", "{base}/runs", "--overwrite"], "contains the source run"),
     ("prune out inside run", ["prune", "--run", "{run}", "--out", "{run}/pruned", "--overwrite"], "inside the source run"),
     ("prune rate 1.5", ["prune", "--run", "{run}", "--rate", "1.5", "--out", "{out}"], "prune.rate"),
+    ("prune lam 2", ["prune", "--run", "{run}", "--lam", "2", "--out", "{out}"], "prune.lam"),
+    ("prune lam nan", ["prune", "--run", "{run}", "--lam", "nan", "--out", "{out}"], "prune.lam"),
     ("prune rate nan", ["prune", "--run", "{run}", "--rate", "nan", "--out", "{out}"], "prune.rate"),
     ("prune negative threshold", ["prune", "--run", "{run}", "--threshold", "-1", "--out", "{out}"], "threshold"),
     ("prune bad criterion", ["prune", "--run", "{run}", "--criterion", "taylor", "--out", "{out}"], "invalid choice"),

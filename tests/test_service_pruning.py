@@ -264,3 +264,38 @@ def test_a_plan_digest_is_computed_once_and_names_its_structure(assets):
 
     assert first == hashlib.sha1(plan.to_json().encode()).hexdigest()
     assert plan_hash(None) == "dense"
+
+
+# -------------------------------------------------------------------------------------------------
+# what-ifs shipped with a model: a lookup that gives the computed numbers, only for that model file
+# -------------------------------------------------------------------------------------------------
+def test_shipped_what_if_is_the_computed_one_and_only_for_its_model(assets, tmp_path):
+    import json
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(assets[0], run)
+    table = pr.build_what_if_table(run, rates=(0.0, 0.3), n_images=(1,))
+    assert table["criteria"] == ["l1norm", "npdg", "random", "slimming"]  # no saved sensitivity table here
+    assert len(table["plans"]) == 4 and table["model_sha256"] == pr.model_digest(run)
+    plan = pr.select_plan(run, criterion="l1norm", rate=0.3)
+    computed = pr.masked_miou(run, plan, n_images=1, precision="exact")
+    assert computed.attrs == {"precision": "fp32", "precomputed": False}
+    (run / pr.SHIPPED_WHAT_IF).write_text(json.dumps(table))
+    svc.clear_caches()
+    for precision in pr.PRECISIONS:  # fp32 numbers serve both precisions, and say so
+        hit = pr.masked_miou(run, plan, n_images=1, precision=precision)
+        assert hit.attrs == {"precision": "fp32", "precomputed": True}
+        np.testing.assert_allclose(hit[["dense_miou", "pruned_miou"]], computed[["dense_miou", "pruned_miou"]])
+        assert hit["domain"].tolist() == computed["domain"].tolist()
+    assert pr.masked_miou(run, pr.select_plan(run, criterion="npdg", rate=0.0), n_images=1).attrs["precomputed"]
+    # another plan, scene count, scene size or domain set: computed
+    assert not pr.masked_miou(run, pr.select_plan(run, criterion="l1norm", rate=0.2), n_images=1).attrs["precomputed"]
+    assert not pr.masked_miou(run, plan, n_images=2).attrs["precomputed"]
+    assert not pr.masked_miou(run, plan, n_images=1, size=SIZE).attrs["precomputed"]
+    assert not pr.masked_miou(run, plan, n_images=1, domains=("source", "night")).attrs["precomputed"]
+    # a damaged table, or a table of another model file, is ignored
+    for bad in ("{not json", json.dumps({**table, "model_sha256": "0" * 64}), json.dumps({**table, "scores": []})):
+        (run / pr.SHIPPED_WHAT_IF).write_text(bad)
+        svc.clear_caches()
+        assert not pr.masked_miou(run, plan, n_images=1).attrs["precomputed"]

@@ -40,6 +40,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--finetune-iters", type=int, default=D.finetune_iters, metavar="N", help="fine-tuning iterations after pruning")
     p.add_argument("--dsp", default=D.dsp, metavar="DIR", help="DSP directory (default: assets/dsp_tiny if present; 'none' for plain CE)")
     p.add_argument("--lambda-s", type=float, metavar="L", help="sparsity weight (default: the run config's)")
+    p.add_argument("--lam", type=float, metavar="λ",
+                   help="unary/binary mix of the sensitivity weights, in [0, 1] (default: the run config's sparsity.lam)")
     p.add_argument("--lr", type=float, metavar="LR", help="fine-tuning learning rate (default: the run config's)")
     p.add_argument("--round-to", type=int, default=D.round_to, metavar="N", help="kept channels per group: multiple of N, at least N")
     p.add_argument("--max-layer-ratio", type=float, default=D.max_layer_ratio, metavar="F", help="at most this fraction of a group is pruned")
@@ -62,7 +64,7 @@ def prune_config(args: argparse.Namespace) -> PruneConfig:
     dsp = None if str(args.dsp).lower() == "none" else str(args.dsp)
     return PruneConfig(
         criterion=args.criterion, rate=rate, threshold=threshold, sparse_iters=args.sparse_iters,
-        finetune_iters=args.finetune_iters, lambda_s=args.lambda_s, lr=args.lr, round_to=args.round_to,
+        finetune_iters=args.finetune_iters, lambda_s=args.lambda_s, lam=args.lam, lr=args.lr, round_to=args.round_to,
         max_layer_ratio=args.max_layer_ratio, cost_size=parse_size(args.cost_size), cost_repeats=args.cost_repeats,
         seed=args.seed, units=args.units, dsp=dsp,
     )

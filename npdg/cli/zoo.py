@@ -8,6 +8,7 @@ Examples::
     python -m npdg zoo verify --eval 20      # files, SHA-256, plan replay, mIoU against the cards
     python -m npdg zoo sensitivity           # recompute the shipped tables (after a table format change)
     python -m npdg zoo curves                # ship the Prune page's curves of the sparse-trained models
+    python -m npdg zoo whatif                # ship the Prune page's default what-ifs of every model
 
 How each model is made is the table in ``npdg/recipes/zoo.py``; ``assets/README.md`` shows the cards.
 """
@@ -47,6 +48,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c = sub.add_parser("curves", help="precompute the Prune page's mIoU-vs-rate curves of the sparse-trained models")
     c.add_argument("names", nargs="*", help="sparse-trained zoo models (default: all shipped)")
     c.set_defaults(func=_curves)
+    w = sub.add_parser("whatif", help="precompute the Prune page's what-ifs at its default settings")
+    w.add_argument("names", nargs="*", help="zoo models (default: all shipped)")
+    w.set_defaults(func=_whatif)
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -114,6 +118,31 @@ def _curves(args: argparse.Namespace) -> int:
                            "what": "soft-masked mIoU per domain and the plan's cost at each rate (the Prune page)"}, side)
         ship_files(name, [out, side])
         print(f"zoo curves: wrote {out} ({len(frame)} rows)")
+    return 0
+
+
+def _whatif(args: argparse.Namespace) -> int:
+    """Ship each model's what-ifs (every page criterion at every slider rate, default settings,
+    computed by the dashboard's own service in fp32) so a rate on the Prune page is a lookup."""
+    from npdg.errors import DataError
+    from npdg.recipes.zoo import ZOO_DIR, cards, ship_files
+    from npdg.runs import atomic_write_json
+    from npdg.service import clear_caches, pruning
+
+    shipped = cards()
+    for name in args.names or list(shipped):
+        if name not in shipped:
+            raise DataError(f"{name!r} is not a shipped zoo model (see `python -m npdg zoo list`)")
+        out = ZOO_DIR / name / pruning.SHIPPED_WHAT_IF
+        out.unlink(missing_ok=True)  # npdg's own file: recomputed from scratch, never read while building
+        clear_caches()
+        print(f"zoo whatif: {name}", flush=True)
+        table = pruning.build_what_if_table(ZOO_DIR / name)
+        table.update(command=f"python -m npdg zoo whatif {name}",
+                     what="dense and soft-masked mIoU per domain (fp32) of the Prune page's default plans, by plan digest")
+        atomic_write_json(table, out)
+        ship_files(name, [out])
+        print(f"zoo whatif: wrote {out} ({len(table['plans'])} plans)")
     return 0
 
 

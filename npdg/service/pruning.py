@@ -8,7 +8,10 @@
 * :func:`plan_cost` — GFLOPs and parameters the plan leaves (from the plan alone);
 * :func:`masked_predictions` / :func:`masked_miou` — the model with the plan applied as soft masks
   (``torch.func.functional_call``: the shared model is never modified) against the dense model, on
-  one scene or on a small fixed scene set per domain.
+  one scene or on a small fixed scene set per domain;
+* :func:`shipped_what_if` / :func:`build_what_if_table` — the page's default what-ifs of a zoo model,
+  computed once by ``npdg zoo whatif`` and shipped (:data:`SHIPPED_WHAT_IF`), so a rate on the
+  slider is a lookup instead of a forward (the scores are the same; they are fp32).
 
 Plans are cached by every setting and handed out as copies; predictions and scores by model file
 version, plan hash and settings.
@@ -345,15 +348,126 @@ def masked_miou(
     def compute() -> pd.DataFrame:
         from npdg.data.specs import is_averaged
 
-        dense = _SCORES.get(("dense", model_key(model_path), doms, split, int(n_images), tuple(size), used),
-                            lambda: scores(None, 0))
-        pruned = dense if parts == 1 else scores(plan, 1)
+        shipped = shipped_what_if(model_path, plan, doms, split, int(n_images), tuple(size))
+        if shipped is not None:
+            dense, pruned = shipped
+        else:
+            dense = _SCORES.get(("dense", model_key(model_path), doms, split, int(n_images), tuple(size), used),
+                                lambda: scores(None, 0))
+            pruned = dense if parts == 1 else scores(plan, 1)
         source = next((d for d in doms if DOMAIN_ROLES.get(d) == "source"), None)
         rows = [{"domain": d, "role": DOMAIN_ROLES.get(d, "real"), "averaged": is_averaged(d, source),
                  "dense_miou": dense[d], "pruned_miou": pruned[d], "delta": pruned[d] - dense[d]} for d in doms]
-        return pd.DataFrame(rows, columns=["domain", "role", "averaged", "dense_miou", "pruned_miou", "delta"])
+        frame = pd.DataFrame(rows, columns=["domain", "role", "averaged", "dense_miou", "pruned_miou", "delta"])
+        frame.attrs.update(precision="fp32" if shipped is not None else used, precomputed=shipped is not None)
+        return frame
 
     return _SCORES.get(key, compute).copy()
+
+
+# ==================================================================================================
+# what-ifs shipped with a zoo model: the Prune page's default view without a forward
+# ==================================================================================================
+#: What-ifs shipped next to a zoo model (``npdg zoo whatif``): dense and soft-masked mIoU per domain
+#: of every :data:`PAGE_CRITERIA` plan at every :data:`SLIDER_RATES` position, default settings.
+SHIPPED_WHAT_IF = "prune_whatif.json"
+#: The positions of the Prune page's rate slider (0 to 0.7 in steps of 0.05).
+SLIDER_RATES: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(15))
+#: The criteria the Prune page offers (``sensitivity`` where the model has a saved table).
+PAGE_CRITERIA: tuple[str, ...] = ("npdg", "slimming", "l1norm", "random", "sensitivity")
+#: The scene counts a shipped table holds (the page's default).
+SHIPPED_N_IMAGES: tuple[int, ...] = (2,)
+_SHIPPED_WHAT_IFS = lru(16)
+
+
+def what_if_context(doms: Sequence[str], split: str, size: tuple[int, int]) -> dict:
+    """The scenes a shipped what-if was computed on, less their count (it answers only for these)."""
+    return dict(domains=list(doms), split=split, size=[int(s) for s in size])
+
+
+def model_digest(model_path: str | Path) -> str:
+    """SHA-256 of the model file and of its ``pruning_plan.json`` if any (what a shipped what-if
+    belongs to: a retrained or replaced model never gets another model's numbers)."""
+    from npdg.models.store import PLAN_FILENAME, resolve_model_path
+    from npdg.recipes.zoo import sha256
+
+    f = resolve_model_path(model_path)
+    plan = f.parent / PLAN_FILENAME
+    return sha256(f) + (":" + sha256(plan) if plan.is_file() else "")
+
+
+def _load_shipped_what_if(model_path: str | Path) -> dict | None:
+    import json
+
+    from npdg.models.store import resolve_model_path
+
+    path = resolve_model_path(model_path).parent / SHIPPED_WHAT_IF
+    if not path.is_file():
+        return None
+    try:
+        table = json.loads(path.read_text())
+        if table.get("model_sha256") != model_digest(model_path):
+            return None
+        return {int(n): entry for n, entry in table["scores"].items()} | {"context": table["context"]}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None  # a damaged table is ignored: the what-if is computed
+
+
+def shipped_what_if(model_path: str | Path, plan: PruningPlan | None, doms: Sequence[str], split: str,
+                    n_images: int, size: tuple[int, int]) -> tuple[dict, dict] | None:
+    """(dense, pruned) mIoU per domain of ``plan`` from the model folder's :data:`SHIPPED_WHAT_IF`
+    (fp32, computed by :func:`masked_miou` itself), or None unless the table belongs to this very
+    model file, holds this scene set and this plan (by :attr:`PruningPlan.digest`)."""
+    table = _SHIPPED_WHAT_IFS.get(model_key(model_path), lambda: _load_shipped_what_if(model_path))
+    entry = None if table is None else table.get(int(n_images))
+    if entry is None or table["context"] != what_if_context(doms, split, size):
+        return None
+    dense = entry.get("dense")
+    pruned = dense if plan is None or plan.is_empty else entry.get("plans", {}).get(plan.digest)
+    if not isinstance(dense, list) or not isinstance(pruned, list) or not len(dense) == len(pruned) == len(doms):
+        return None
+    return dict(zip(doms, map(float, dense))), dict(zip(doms, map(float, pruned)))
+
+
+def page_plans(model_path: str | Path, rates: Sequence[float] = SLIDER_RATES) -> list[tuple[str, float, PruningPlan]]:
+    """(criterion, rate, plan) of every :data:`PAGE_CRITERIA` criterion the model can use at each
+    rate with the Prune page's default settings — the plans a shipped what-if table holds."""
+    from npdg.service import sensitivity as sens
+
+    table = sens.saved_table_path(model_path, "dsp")
+    out = []
+    for crit in PAGE_CRITERIA:
+        if crit == "sensitivity" and table is None:
+            continue
+        extra = dict(sensitivity=table) if crit == "sensitivity" else {}
+        out += [(crit, float(r), select_plan(model_path, criterion=crit, rate=float(r), **extra)) for r in rates]
+    return out
+
+
+def build_what_if_table(model_path: str | Path, *, rates: Sequence[float] = SLIDER_RATES,
+                        n_images: Sequence[int] = SHIPPED_N_IMAGES, progress: ProgressFn | None = None) -> dict:
+    """The :data:`SHIPPED_WHAT_IF` content for a model: :func:`masked_miou` (exact) of each of
+    :func:`page_plans` at ``rates`` on the default what-if scene set, per scene count, by plan digest."""
+    doms = _domains(None)
+    plans = page_plans(model_path, rates)
+    unique = {p.digest: p for _, _, p in plans if not p.is_empty}
+    scores: dict[str, dict] = {}
+    done, total = 0, len(unique) * len(n_images)
+    for n in n_images:
+        entry: dict = {"plans": {}}
+        for digest, plan in unique.items():
+            frame = masked_miou(model_path, plan, n_images=int(n), precision="exact")
+            entry["dense"] = [float(v) for v in frame["dense_miou"]]
+            entry["plans"][digest] = [float(v) for v in frame["pruned_miou"]]
+            done += 1
+            if progress is not None:
+                progress(done, total)
+        if not unique:
+            entry["dense"] = [float(v) for v in masked_miou(model_path, None, n_images=int(n))["dense_miou"]]
+        scores[str(int(n))] = entry
+    return {"model_sha256": model_digest(model_path), "context": what_if_context(doms, "val", DEFAULT_SIZE),
+            "precision": "fp32", "criteria": sorted({c for c, _, _ in plans}), "rates": [float(r) for r in rates],
+            "plans": {p.digest: [c, r] for c, r, p in plans if not p.is_empty}, "scores": scores}
 
 
 def what_if(model_path: str | Path, plan: PruningPlan, *, n_images: int = 2, domains: Sequence[str] | None = None,
@@ -763,7 +877,8 @@ _FINETUNE_STORE = _folder_store("finetune-index", ("model.safetensors",))
 
 
 __all__ = ["CURVE_COLUMNS", "CURVE_RATES", "DEFAULT_SIZE", "DROP_CHOICES", "EXPORT_FILES", "LAYER_COLUMNS",
-           "LAYER_RATES", "SHIPPED_CURVES", "CurvePair", "MaskedPrediction", "ModelFacts", "confusions", "criteria",
+           "LAYER_RATES", "PAGE_CRITERIA", "SHIPPED_CURVES", "SHIPPED_N_IMAGES", "SHIPPED_WHAT_IF", "SLIDER_RATES",
+           "build_what_if_table", "model_digest", "page_plans", "shipped_what_if", "what_if_context", "CurvePair", "MaskedPrediction", "ModelFacts", "confusions", "criteria",
            "curve_job", "curve_pairs", "curve_settings", "export_dir", "export_job", "export_zip", "finetune_command",
            "finetune_dir", "finetune_job", "job_frame", "stop_finetune",
            "PRECISIONS", "amp_of", "precision_used", "layer_curves_job", "masked_miou", "masked_predictions", "model_facts", "plan_cost", "plan_table",
