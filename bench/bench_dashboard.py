@@ -2,8 +2,10 @@
 
 Starts ``streamlit run app/main.py`` with an empty cache, opens each page in headless Debian chromium
 (one browser tab per page, as a user who keeps them open) and drives a scripted session: each
-interaction is timed from the input to "script done" in the browser (tests/e2e/browser.py: the app's
-``data-test-script-state`` going running → notRunning). After one warm-up pass, ``--interactions``
+interaction is timed from the input — the first pointer or key press the page receives — to "script
+done" in the browser (tests/e2e/browser.py ``timed_pair``: the app's ``data-test-script-state``
+going running → notRunning); the time Playwright spends before the input reaches the page is
+printed apart (earlier versions counted it in). After one warm-up pass, ``--interactions``
 (default 100) are made round-robin over the pages, and the server's resident memory is read before
 and after them.
 
@@ -28,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 sys.path.insert(0, str(ROOT))
 
-from browser import IDLE, chromium, dashboard, new_page, open_idle, press_slider, rss_mb, timed  # noqa: E402
+from browser import IDLE, chromium, dashboard, new_page, open_idle, press_slider, rss_mb, timed_pair  # noqa: E402
 
 
 def _slider(index: int = 0):
@@ -96,12 +98,22 @@ SESSION = {
 }
 
 
+#: Seconds Playwright itself spent per interaction between being asked to act and the input
+#: reaching the page (call → done minus input → done), reported once so the figures can be compared
+#: with those measured from the call.
+HARNESS: list[float] = []
+
+
 def _timed(name: str, page, act) -> float:
-    """:func:`timed`, naming the interaction when it never finishes."""
+    """:func:`timed_pair` from the input, naming the interaction when it never finishes."""
     if os.environ.get("NPDG_BENCH_VERBOSE"):
         print(f"  … {name}", flush=True)
     try:
-        return timed(page, act, timeout_s=120)
+        # an input headless chromium dropped (no rerun 15 s later, page idle) is given again; the
+        # time still counts from the first
+        from_input, from_call = timed_pair(page, act, timeout_s=120, retry=act)
+        HARNESS.append(from_call - from_input)
+        return from_input
     except Exception as exc:
         page.screenshot(path=str(Path(tempfile.gettempdir()) / "bench_dashboard_stuck.png"))
         raise RuntimeError(f"{name}: no 'script done' within 120 s ({type(exc).__name__}); screenshot in "
@@ -127,7 +139,8 @@ def main() -> None:
           f"python {platform.python_version()}, Debian chromium (headless)")
     print(f"command: python bench/bench_dashboard.py --interactions {args.interactions}"
           + (f" --only {args.only}" if args.only else ""))
-    print("figures: seconds from the input to 'script done' in the browser; server = the streamlit process")
+    print("figures: seconds from the input (the page's first pointer/key press) to 'script done' in the browser; "
+          "server = the streamlit process")
     cache = Path(tempfile.mkdtemp(prefix="npdg-bench-dashboard-"))
     t_start = time.perf_counter()
     with dashboard(cache) as (url, proc, healthy), chromium() as browser:
@@ -167,6 +180,8 @@ def main() -> None:
         worst = max(worst, p95)
         print(f"{name:<46} median {med:6.3f} s  p95 {p95:6.3f} s  n={len(times):<3} "
               f"{'ok' if p95 <= 1.0 else 'SLOW (target 1 s)'}", flush=True)
+    print(f"{'(Playwright before the input reached the page)':<46} median {statistics.median(HARNESS):6.3f} s  "
+          "— not counted above; older figures in the README include it")
     growth = 100 * (rss1 / rss0 - 1)
     print(f"{'server RSS after warm-up → after interactions':<46} {rss0:7.1f} MB → {rss1:7.1f} MB  ({growth:+.1f} %)  "
           f"{'ok' if growth <= 10 else 'GROWS (target ≤ 10 %)'}")
