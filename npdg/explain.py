@@ -26,7 +26,7 @@ from torch import nn
 
 from npdg.errors import ConfigError, DataError
 from npdg.labels import CLASS_NAMES, IGNORE, NUM_CLASSES
-from npdg.models.hooks import hooked, run_batches
+from npdg.models.hooks import hooked, run_batches, stop_after
 from npdg.sensitivity import probe_layers
 from npdg.viz import to_uint8_image
 
@@ -102,9 +102,10 @@ def _collect(model: nn.Module, images: torch.Tensor, layer: str, batch_size: int
     with hooked(model, handles):
         if unit.kind == "head":
             handles.append(module.register_forward_pre_hook(col.attn_pre_hook))
-            handles.append(module.proj.register_forward_pre_hook(col.proj_pre_hook))  # after any gate hook
+            # after any gate hook; the forward ends there (stop_after: nothing later is needed)
+            handles.append(module.proj.register_forward_pre_hook(stop_after(col.proj_pre_hook)))
         else:
-            handles.append(module.register_forward_hook(col.bn_hook))
+            handles.append(module.register_forward_hook(stop_after(col.bn_hook)))
         batches = (images[s:s + int(batch_size)].float() for s in range(0, n, int(batch_size)))
         run_batches(model, batches, device, total, progress)
     if not col.rows:

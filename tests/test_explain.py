@@ -68,6 +68,33 @@ def test_atlas_on_deeplab_filters_and_segformer_heads():
         activation_atlas(cnn, x, "net.segmentation_head")
 
 
+def test_a_tap_ends_the_forward_at_its_layer_with_the_same_maps():
+    """stop_after: the decoder and head never run for an encoder tap, the maps are the full forward's."""
+    from npdg.explain import unit_maps
+
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    for model, name in ((build_model("deeplabv3plus", "resnet18", 5).eval(), "net.encoder.layer1.0.bn1"),
+                        (build_model("segformer", "mit_b0", 5).eval(), None)):
+        name = name or next(u.name for u in probe_layers(model) if u.kind == "head" and u.size > 1)
+        ran = []
+        h = model.net.segmentation_head.register_forward_hook(lambda *a: ran.append(1))
+        maps = unit_maps(model, x, name, 1)
+        h.remove()
+        assert ran == [] and _hooks(model) == 0 and maps.shape[0] == 2
+        atlas = activation_atlas(model, x, name)
+        np.testing.assert_allclose(atlas.query("unit == 1")["max"].to_numpy(), maps.reshape(2, -1).max(1), rtol=1e-5)
+        with torch.no_grad():
+            assert model(x).shape[:2] == (2, 5)  # the model still runs whole afterwards
+    seen = {}
+    cnn = build_model("deeplabv3plus", "resnet18", 5).eval()
+    h = cnn.get_submodule("net.encoder.layer1.0.bn1").register_forward_hook(lambda m, i, o: seen.update(out=o.clone()))
+    with torch.no_grad():
+        cnn(x)
+    h.remove()
+    np.testing.assert_allclose(unit_maps(cnn, x, "net.encoder.layer1.0.bn1", 3), seen["out"][:, 3].numpy(), rtol=1e-5)
+
+
 def test_error_map_counts_and_masks():
     label = np.array([[0, 0, 1], [1, 2, 255], [2, 2, 0]])
     pred = np.array([[0, 1, 1], [1, 0, 2], [2, 1, 0]])

@@ -34,10 +34,30 @@ def hooked(model: nn.Module, handles: list[RemovableHandle]) -> Iterator[nn.Modu
         model.train(was_training)
 
 
+class LayerReached(Exception):
+    """Raised by a hook (:func:`stop_after`) to end a forward early: what the probe needs has been
+    seen, and the layers after it would only cost time (:func:`run_batches` catches it)."""
+
+
+def stop_after(hook: Callable) -> Callable:
+    """``hook``, then :class:`LayerReached`: the forward ends at this module. For a tap on one
+    layer (a unit's activation map, the activation atlas) the rest of the network is not run —
+    for a shallow layer of DeepLabV3+ most of the forward."""
+    def wrapped(*args):
+        hook(*args)
+        raise LayerReached
+
+    return wrapped
+
+
 def run_batches(model: nn.Module, batches: Iterable[torch.Tensor], device: torch.device, total: int,
                 progress: Callable[[int, int], None] | None = None) -> None:
-    """Forward each batch (moved to ``device``); ``progress(done, total)`` after each."""
+    """Forward each batch (moved to ``device``); ``progress(done, total)`` after each. A forward a
+    hook ended with :class:`LayerReached` counts as done."""
     for i, batch in enumerate(batches):
-        model(batch.to(device))
+        try:
+            model(batch.to(device))
+        except LayerReached:
+            pass
         if progress is not None:
             progress(i + 1, total)
