@@ -37,7 +37,9 @@ from its last checkpoint. Runs go under ``--out`` (git-ignored). Presets:
 - ``gpu``: 128×256, base 3000, sparse 750, fine-tune 750 (several times the CPU preset), the main rows (dsp, dsp_budget, npdg,
   slimming, l1norm), the 3 seeds as 3 concurrent processes with 4 loader workers each — one command
   for a GPU machine with 16 cores;
-- ``smoke``: 64×128, 6 + 3 + 3 iterations, 1 seed, 4 scenes — checks the whole pipeline in minutes.
+- ``smoke``: 64×128, 6 + 3 + 3 iterations, 1 seed, 4 scenes — checks the whole pipeline in minutes;
+- ``cpu_mitb0``: the ``cpu`` preset for SegFormer MiT-B0 (``configs/demo/segformer_mitb0.yaml``),
+  pruning attention heads only (``--units heads``, as the zoo's ``mitb0-npdg``).
 
     python bench/protocol.py [--preset cpu] [--seeds 0 1 2] [--rows ...] [--out runs/protocol]
     python bench/protocol.py --preset cpu --seeds 0 --rows ablations
@@ -72,6 +74,9 @@ PRESETS = {
     "gpu": dict(size="128x256", base_iters=3000, sparse_iters=750, finetune_iters=750, scenes=100, seeds=[0, 1, 2],
                 rows=["dsp", "dsp_budget", "npdg", "slimming", "l1norm"], parallel=3, workers=4),
     "smoke": dict(size="64x128", base_iters=6, sparse_iters=3, finetune_iters=3, scenes=4, seeds=[0]),
+    # the Transformer table (issue #15): SegFormer MiT-B0, attention heads pruned (as the zoo's mitb0-npdg)
+    "cpu_mitb0": dict(size="64x128", base_iters=800, sparse_iters=200, finetune_iters=200, scenes=50, seeds=[0, 1, 2],
+                      config="configs/demo/segformer_mitb0.yaml", units="heads"),
 }
 TRAIN_ROWS = ("erm", "photometric", "dsp", "dsp_budget")
 PRUNE_ROWS = ("npdg", "slimming", "l1norm", "random")
@@ -138,7 +143,7 @@ def prune(row: str, seed: int, args, out: Path, base: Path) -> dict[str, float]:
                 "--rate", str(args.rate if rate is None else rate),
                 "--finetune-iters", str(args.finetune_iters + (args.sparse_iters if crit not in SPARSE_CRITERIA else 0)),
                 "--seed", str(seed), "--dsp", args.dsp, "--cost-size", "512x1024", "--device", args.device,
-                "--overwrite", "--no-progress"]
+                "--overwrite", "--no-progress", "--units", args.units]
     if sparse:
         cmd += ["--sparse-iters", str(args.sparse_iters), "--lambda-s", str(lambda_s(args))]
     if lam is not None:
@@ -287,7 +292,8 @@ def do_row(row: str, seed: int, args) -> dict:
 
 
 def settings_of(args) -> dict:
-    keys = ("preset", "size", "base_iters", "sparse_iters", "finetune_iters", "rate", "dsp", "scenes", "config", "set")
+    keys = ("preset", "size", "base_iters", "sparse_iters", "finetune_iters", "rate", "dsp", "scenes", "config", "units",
+            "set")
     return {**{k: getattr(args, k) for k in keys}, "lambda_s": lambda_s(args), "lambda_s_given": args.lambda_s,
             "dsp_step_given": args.dsp_step}
 
@@ -444,7 +450,8 @@ def main() -> None:
     ap.add_argument("--dsp-step", default="auto",
                     help="DSP ascent step size; auto = npdg.recipes.zoo.choose_ascent_step against the seed's erm run "
                          "(source val scenes only)")
-    ap.add_argument("--config", default="configs/demo/deeplabv3plus_r18.yaml")
+    ap.add_argument("--config", help="the base trainings' config (default configs/demo/deeplabv3plus_r18.yaml)")
+    ap.add_argument("--units", choices=["all", "filters", "heads"], help="which units the pruned rows prune (default all)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra overrides of every training")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--boot", type=int, default=1000, help="bootstrap resamples")
@@ -452,7 +459,8 @@ def main() -> None:
     ap.add_argument("--results", type=Path, help="per-run JSONs (default bench/results/protocol/<preset>)")
     ap.add_argument("--table-only", action="store_true", help="tabulate the finished runs, train nothing")
     args = ap.parse_args()
-    defaults = {"rows": [*TRAIN_ROWS, *PRUNE_ROWS], "parallel": 1, "workers": None, **PRESETS[args.preset]}
+    defaults = {"rows": [*TRAIN_ROWS, *PRUNE_ROWS], "parallel": 1, "workers": None,
+                "config": "configs/demo/deeplabv3plus_r18.yaml", "units": "all", **PRESETS[args.preset]}
     for k, v in defaults.items():
         if getattr(args, k) is None:
             setattr(args, k, v)

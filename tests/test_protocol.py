@@ -36,3 +36,31 @@ def test_layers_map_to_stages(protocol):
     assert protocol.stage_of("net.encoder.block3.1.attn") == "block3"
     assert protocol.stage_of("net.decoder.aspp.0.convs.0.2") == "decoder"
     assert protocol.stage_of("encoder.layer4.1.bn2") == "layer4"
+
+
+def test_prune_commands_keep_the_budget_and_pass_the_varied_setting(protocol, monkeypatch, tmp_path):
+    import argparse
+
+    seen = []
+    monkeypatch.setattr(protocol, "run", lambda cmd: seen.append(cmd) or {"wall_s": 0.0, "cpu_s": 0.0})
+    args = argparse.Namespace(rate=0.3, finetune_iters=200, sparse_iters=200, lambda_s="auto", dsp="assets/dsp_tiny",
+                              device="cpu", units="heads")
+
+    def cmd(row: str) -> dict[str, str]:
+        seen.clear()
+        protocol.prune(row, 0, args, tmp_path / row, tmp_path / "base")
+        flags = seen[0][seen[0].index("prune") + 1:]
+        return {flags[i]: flags[i + 1] if i + 1 < len(flags) and not flags[i + 1].startswith("--") else ""
+                for i in range(len(flags)) if flags[i].startswith("--")}
+
+    npdg = cmd("npdg")
+    assert (npdg["--criterion"], npdg["--sparse-iters"], npdg["--finetune-iters"], npdg["--units"]) == \
+        ("npdg", "200", "200", "heads") and "--lam" not in npdg
+    assert float(npdg["--lambda-s"]) == 0.05 * 60 / 200
+    l1 = cmd("l1norm")  # no sparse phase: its iterations go to the fine-tune (equal budget)
+    assert l1["--finetune-iters"] == "400" and "--sparse-iters" not in l1
+    lam = cmd("npdg_lam0.6")
+    assert lam["--lam"] == "0.6" and lam["--sparse-iters"] == "200"
+    r = cmd("npdg_r0.1")  # the npdg row's sparse model at another rate: only the fine-tune is new
+    assert r["--rate"] == "0.1" and "--sparse-iters" not in r and r["--finetune-iters"] == "200"
+    assert cmd("npdg_unary")["--criterion"] == "npdg_unary"
