@@ -53,3 +53,13 @@ def randomize_gamma(model: nn.Module, seed: int = 0, stats: bool = False) -> nn.
             if hasattr(m, "head_gate"):
                 m.head_gate.copy_(torch.rand(m.head_gate.numel(), generator=gen))
     return model
+
+
+def bench_module(name: str):
+    """The script ``bench/<name>.py`` imported as a module (its functions are tested without running it)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "bench" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

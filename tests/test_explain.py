@@ -78,7 +78,7 @@ def test_a_tap_ends_the_forward_at_its_layer_with_the_same_maps():
                         (build_model("segformer", "mit_b0", 5).eval(), None)):
         name = name or next(u.name for u in probe_layers(model) if u.kind == "head" and u.size > 1)
         ran = []
-        h = model.net.segmentation_head.register_forward_hook(lambda *a: ran.append(1))
+        h = model.net.segmentation_head.register_forward_hook(lambda *a, ran=ran: ran.append(1))
         maps = unit_maps(model, x, name, 1)
         h.remove()
         assert ran == [] and _hooks(model) == 0 and maps.shape[0] == 2

@@ -9,7 +9,7 @@ dashboard caches one per process).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 import torch
 from torch import nn
@@ -55,9 +55,7 @@ def run_batches(model: nn.Module, batches: Iterable[torch.Tensor], device: torch
     """Forward each batch (moved to ``device``); ``progress(done, total)`` after each. A forward a
     hook ended with :class:`LayerReached` counts as done."""
     for i, batch in enumerate(batches):
-        try:
+        with suppress(LayerReached):
             model(batch.to(device))
-        except LayerReached:
-            pass
         if progress is not None:
             progress(i + 1, total)
