@@ -304,23 +304,28 @@ def _agreement(dsp, oracle) -> None:
 if model is None:
     st.info("Pick a model in the sidebar to see its sensitivity.")
 else:
-    tables = _tables()
-    base, where, problem = tables[source]
-    if problem is not None:
-        components.error_box(problem)
-    elif base is None:
-        _compute(source)
+    def _overview_tab() -> None:
+        base, where, problem = _tables()[source]
+        if problem is not None:
+            components.error_box(problem)
+        elif base is None:
+            _compute(source)
+            base, where, _ = _tables()[source]
+        if base is not None:
+            try:
+                _overview(sens.recombine(base, float(lam)), where)
+            except Exception as exc:
+                components.error_box(exc)
+
+    def _agreement_tab() -> None:
         tables = _tables()
-        base, where, _ = tables[source]
-    if base is not None:
         try:
-            _overview(sens.recombine(base, float(lam)), where)
+            _agreement(tables["dsp"][0], tables["oracle"][0])
         except Exception as exc:
             components.error_box(exc)
-    try:
-        _agreement(tables["dsp"][0], tables["oracle"][0])
-    except Exception as exc:
-        components.error_box(exc)
+
+    # only the open tab is computed and drawn: the diagnostic does not slow down every λ step
+    components.lazy_tabs({"Overview": _overview_tab, "DSP vs oracle": _agreement_tab})
 
 components.teaching_notes(
     "- **Overview**: one row per prunable layer (model order, input at the top), one cell per unit — wide "

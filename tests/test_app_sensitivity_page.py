@@ -74,9 +74,15 @@ def test_renders_heatmap_table_strip_scatter_and_agreement(page):
     assert (table["size"] == pd.read_csv(R18 / "sensitivity_dsp.csv").groupby("layer", sort=False).size().values).all()
     caps = " ".join(c.value for c in at.caption)
     assert "16 source images × 4 DSP styles, seed 0" in caps and "λ = 0.4" in caps and "deeplabv3plus/resnet18" in caps
-    assert "Mean ρ over layers" in caps  # both tables shipped → agreement bars
+    assert "Mean ρ over layers" not in caps  # the diagnostic is its own tab, computed only when open
     assert _scatter_title(at) == "Unary vs binary — encoder.bn1"
     assert len(at.get("download_button")) == 2
+    at.session_state["tab"] = "DSP vs oracle"
+    at.run()
+    assert not at.exception and "Mean ρ over layers" in " ".join(c.value for c in at.caption)  # both tables shipped
+    assert not [e for e in at.main if type(e).__name__ == "UnknownElement" and e.type == "echarts_chart"]
+    at.session_state["tab"] = "Overview"
+    at.run()
 
 
 def test_colour_range_histogram_and_groups(page):
