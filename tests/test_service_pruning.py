@@ -149,6 +149,12 @@ def test_export_equals_the_what_if_and_saves_as_a_run(assets, tmp_path, dashboar
         logits[way] = pr.soft_logits(model, plan, x)
         assert (pr._pruned_copy(model, plan) is None) == (way == "soft")
     torch.testing.assert_close(logits["soft"], logits["copy"], atol=1e-4, rtol=1e-4)
+    # a one-batch what-if in bf16 uses soft masks rather than building a copy; in fp32 it builds one
+    for precision in pr.PRECISIONS:
+        svc.clear_caches()
+        pr.masked_miou(run, plan, domains=DOMS, n_images=2, precision=precision)
+        built = pr._pruned_copy(svc.shared_model(run), plan, build=False) is not None
+        assert built == (pr.precision_used(precision) == "fp32"), precision
     saved = pr.save_as_run(folder, "pruned-l1", root=tmp_path / "runs")
     assert (saved / "model.safetensors").is_file() and (saved / ".npdg-run").is_file()
     with pytest.raises(ConfigError, match="already exists"):

@@ -162,20 +162,27 @@ class MaskedPrediction:
 
 
 #: A plan that removes at least this share of the FLOPs is evaluated on a physically pruned copy of
-#: the model (cheaper per forward than the soft-masked dense one from about this point; the copy is
-#: built in ~0.1 s for R18 and gives the same outputs, tested to 1e-4; break-even measured at ~0.2).
+#: the model (cheaper per forward than the soft-masked dense one from about this point; the copy
+#: gives the same outputs, tested to 1e-4; break-even measured at ~0.2). Measured on the 16-image
+#: what-if batch of R18 (2 cores): building a copy takes 0.1–0.24 s and its first forward is slower
+#: than later ones (new shapes); in fp32 copy + forward beats soft masks from r ≈ 0.25 (0.52 vs
+#: 0.57 s; 0.26 vs 0.58 at r = 0.5), in bf16 never for one batch (0.30–0.55 vs 0.26–0.31 s), so a
+#: one-batch bf16 what-if uses soft masks unless a copy is already built.
 PHYSICAL_MIN_SAVING = 0.2
 _PRUNED_COPIES = lru(2)
 
 
-def _pruned_copy(model, plan: PruningPlan):
-    """A physically pruned copy of ``model`` for ``plan`` (cached), or None where soft masks are cheaper.
+def _pruned_copy(model, plan: PruningPlan, build: bool = True):
+    """A physically pruned copy of ``model`` for ``plan`` (cached), or None where soft masks are
+    cheaper — or, with ``build=False``, where no copy is built yet.
 
     The shared model is never modified: ``prune_model`` works on a deep copy. Called outside
     inference mode (torch-pruning traces with autograd).
     """
     cost = _plan_cost(model, plan, (512, 1024))
     if 1.0 - cost.gflops_ratio < PHYSICAL_MIN_SAVING:
+        return None
+    if not build and (id(model), plan_hash(plan)) not in _PRUNED_COPIES:
         return None
 
     def compute():
@@ -191,10 +198,12 @@ def _pruned_copy(model, plan: PruningPlan):
     return pruned if owner is model else compute()[1]
 
 
-def soft_logits(model, plan: PruningPlan | None, images):
+def soft_logits(model, plan: PruningPlan | None, images, *, build: bool = True):
     """Logits of ``model`` on ``images`` with ``plan`` applied: soft masks on the shared model
     (:func:`npdg.pruning.soft.soft_forward`) for small plans, a physically pruned copy for plans
-    that save at least :data:`PHYSICAL_MIN_SAVING` of the FLOPs — the same numbers either way."""
+    that save at least :data:`PHYSICAL_MIN_SAVING` of the FLOPs — the same numbers either way.
+    ``build=False``: a copy only if one is built already (for a one-off forward in bf16, where
+    building and running a copy is not faster than soft masks; docs/dashboard.md §4)."""
     import torch
 
     from npdg.pruning.soft import soft_forward
@@ -202,7 +211,7 @@ def soft_logits(model, plan: PruningPlan | None, images):
     if plan is None or plan.is_empty:
         with torch.inference_mode():
             return model(images)
-    pruned = _pruned_copy(model, plan)
+    pruned = _pruned_copy(model, plan, build)
     with torch.inference_mode():
         return pruned(images) if pruned is not None else soft_forward(model, plan, images)
 
@@ -292,6 +301,8 @@ def confusions(model, plan, doms, split, n_images, size, progress, part: int = 0
 
     images, labels, names = scene_set(doms, split, n_images, size)
     device = engine_device()
+    # in bf16 a single batch of soft masks is as fast as building a copy and running it (see PHYSICAL_MIN_SAVING)
+    build = precision_used(precision) == "fp32" or len(names) > WHAT_IF_BATCH
     num_classes = model_num_classes(model)
     cms = {d: ConfusionMatrix(num_classes, device=device) for d in doms}
     n = len(names)
@@ -299,7 +310,7 @@ def confusions(model, plan, doms, split, n_images, size, progress, part: int = 0
         x = images[start:start + WHAT_IF_BATCH].to(device).contiguous(memory_format=torch.channels_last)
         y = labels[start:start + WHAT_IF_BATCH].to(device)
         with amp_context(device, amp_of(precision))[0]:
-            pred = soft_logits(model, plan, x).argmax(1)
+            pred = soft_logits(model, plan, x, build=build).argmax(1)
         for j, d in enumerate(names[start:start + WHAT_IF_BATCH]):
             cms[d].update(pred[j], y[j])
         if progress is not None:
