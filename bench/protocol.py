@@ -350,7 +350,14 @@ def ablation_plot(args, seed: int, path: Path) -> Path | None:
     ``dsp_budget`` model as a line; written with matplotlib (a captum dependency) to ``path``."""
     def load(row: str) -> dict | None:
         f = args.results / f"{row}_s{seed}.json"
-        return json.loads(f.read_text()) if f.is_file() else None
+        if not f.is_file():
+            return None
+        r = json.loads(f.read_text())
+        if row != REFERENCE and "rate" not in r:  # a JSON written before rate and λ were recorded
+            crit, _, rate = parse_row(row)
+            r.update(rate=r["settings"]["rate"] if rate is None else rate,
+                     **sparse_of(args.out / f"{row}_s{seed}", crit))
+        return r
 
     ref = load(REFERENCE)
     lam = sorted((r["lam"], r) for r in filter(None, map(load, ("npdg", *LAMBDA_ROWS))) if "lam" in r)
@@ -362,19 +369,22 @@ def ablation_plot(args, seed: int, path: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
-    keys = (("heldout_mean", "held-out styles (mean of 6)", "C3"), ("corrupt_mean", "corruptions (mean of 6)", "C0"),
-            ("source", "source", "C7"))
-    for ax, pts, xlabel in ((axes[0], lam, "λ (0 = binary only, 1 = unary only)"), (axes[1], rate, "rate r")):
-        for key, label, colour in keys:
-            ys = [100 * (r["miou"]["source"] if key == "source" else r[key]) for _, r in pts]
-            ax.plot([x for x, _ in pts], ys, "o-", color=colour, label=label)
-            if ref is not None:
-                ax.axhline(100 * (ref["miou"]["source"] if key == "source" else ref[key]), color=colour, ls=":", lw=1)
-        ax.set_xlabel(xlabel)
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("mIoU (%), test split")
-    axes[0].legend(fontsize=8, loc="best")
+    fig, axes = plt.subplots(2, 2, figsize=(10, 6), sharey="row", sharex="col")
+    rows = ((("heldout_mean", "held-out styles (mean of 6)", "C3"), ("corrupt_mean", "corruptions (mean of 6)", "C0")),
+            (("source", "source", "C7"),))
+    for i, keys in enumerate(rows):
+        for ax, pts in ((axes[i, 0], lam), (axes[i, 1], rate)):
+            for key, label, colour in keys:
+                ys = [100 * (r["miou"]["source"] if key == "source" else r[key]) for _, r in pts]
+                ax.plot([x for x, _ in pts], ys, "o-", color=colour, label=label)
+                if ref is not None:
+                    ax.axhline(100 * (ref["miou"]["source"] if key == "source" else ref[key]), color=colour, ls=":",
+                               lw=1)
+            ax.grid(alpha=0.3)
+        axes[i, 0].set_ylabel("mIoU (%), test split")
+        axes[i, 0].legend(fontsize=8, loc="best")
+    axes[1, 0].set_xlabel("λ (0 = binary only, 1 = unary only)")
+    axes[1, 1].set_xlabel("rate r")
     fig.suptitle(f"npdg ablations, seed {seed}, {args.preset} preset (dotted: dense dsp_budget, equal iterations)",
                  fontsize=10)
     fig.tight_layout()
