@@ -308,7 +308,8 @@ def table(results: dict[str, list[dict]], args) -> str:
         v = scale * np.asarray(vals, dtype=float)
         return f"{v.mean():.{digits}f} ± {v.std():.{digits}f}" if len(v) > 1 else f"{v[0]:.{digits}f}"
 
-    ref = results.get(REFERENCE, [])
+    ref = results.get(REFERENCE) or [json.loads(f.read_text()) for s in args.seeds  # e.g. for the ablations
+                                      if (f := args.results / f"{REFERENCE}_s{s}.json").is_file()]
     for row, rs in results.items():
         if not rs:
             continue
