@@ -65,6 +65,7 @@ sys.path.insert(0, str(ROOT))
 
 from npdg.data.corruptions import CORRUPTIONS, CorruptedDataset  # noqa: E402
 from npdg.data.synthetic import SyntheticDataset, domain_names  # noqa: E402
+from npdg.recipes.modes import CRITERIA  # noqa: E402
 from npdg.runs import atomic_write_json  # noqa: E402
 from npdg.significance import mean_miou, miou_of, paired_bootstrap, scene_confusions  # noqa: E402
 
@@ -80,7 +81,7 @@ PRESETS = {
 }
 TRAIN_ROWS = ("erm", "photometric", "dsp", "dsp_budget")
 PRUNE_ROWS = ("npdg", "slimming", "l1norm", "random")
-SPARSE_CRITERIA = ("npdg", "npdg_unary", "npdg_binary", "slimming")
+SPARSE_CRITERIA = tuple(c.name for c in CRITERIA.values() if c.sparse_mode)  # npdg, npdg_unary, npdg_binary, slimming
 #: The ablations (one seed is enough, issue #15): λ mixing unary (λ = 1, ``npdg_unary``) and binary
 #: (λ = 0, ``npdg_binary``) sensitivity, and the rate r. An ``_r`` row prunes the ``npdg`` row's own
 #: sparse-trained model at another rate (same sparse phase, only the fine-tune is new).
@@ -89,6 +90,9 @@ RATE_ROWS = ("npdg_r0.1", "npdg_r0.2", "npdg_r0.4")
 ABLATION_ROWS = LAMBDA_ROWS + RATE_ROWS
 ROW_PATTERN = re.compile(r"^(?P<crit>npdg_unary|npdg_binary|npdg|slimming|l1norm|random)"
                          r"(?:_lam(?P<lam>[01](?:\.\d+)?))?(?:_r(?P<rate>0\.\d+))?$")
+HELDOUT = tuple(domain_names("heldout"))
+CORRUPT = tuple(f"corrupt_{c}" for c in CORRUPTIONS)
+REFERENCE = "dsp_budget"
 
 
 def parse_row(row: str) -> tuple[str, float | None, float | None]:
@@ -101,9 +105,6 @@ def parse_row(row: str) -> tuple[str, float | None, float | None]:
     if (lam is not None or rate is not None) and m["crit"] != "npdg" or lam is not None and rate is not None:
         raise ValueError(f"{row!r}: _lam and _r vary npdg, one at a time")
     return m["crit"], lam, rate
-HELDOUT = tuple(domain_names("heldout"))
-CORRUPT = tuple(f"corrupt_{c}" for c in CORRUPTIONS)
-REFERENCE = "dsp_budget"
 
 
 def _children_cpu() -> float:

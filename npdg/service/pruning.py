@@ -182,7 +182,8 @@ def _pruned_copy(model, plan: PruningPlan, build: bool = True):
     cost = _plan_cost(model, plan, (512, 1024))
     if 1.0 - cost.gflops_ratio < PHYSICAL_MIN_SAVING:
         return None
-    if not build and (id(model), plan_hash(plan)) not in _PRUNED_COPIES:
+    key = (id(model), plan_hash(plan))
+    if not build and key not in _PRUNED_COPIES:
         return None
 
     def compute():
@@ -194,7 +195,7 @@ def _pruned_copy(model, plan: PruningPlan, build: bool = True):
             pruned = prune_model(model, plan)
         return model, pruned.to(memory_format=torch.channels_last).eval()
 
-    owner, pruned = _PRUNED_COPIES.get((id(model), plan_hash(plan)), compute)
+    owner, pruned = _PRUNED_COPIES.get(key, compute)
     return pruned if owner is model else compute()[1]
 
 
@@ -465,16 +466,14 @@ def build_what_if_table(model_path: str | Path, *, rates: Sequence[float] = SLID
     scores: dict[str, dict] = {}
     done, total = 0, len(unique) * len(n_images)
     for n in n_images:
-        entry: dict = {"plans": {}}
+        dense = masked_miou(model_path, None, n_images=int(n), precision="exact")["dense_miou"]
+        entry: dict = {"dense": [float(v) for v in dense], "plans": {}}
         for digest, plan in unique.items():
             frame = masked_miou(model_path, plan, n_images=int(n), precision="exact")
-            entry["dense"] = [float(v) for v in frame["dense_miou"]]
             entry["plans"][digest] = [float(v) for v in frame["pruned_miou"]]
             done += 1
             if progress is not None:
                 progress(done, total)
-        if not unique:
-            entry["dense"] = [float(v) for v in masked_miou(model_path, None, n_images=int(n))["dense_miou"]]
         scores[str(int(n))] = entry
     return {"model_sha256": model_digest(model_path), "context": what_if_context(doms, "val", DEFAULT_SIZE),
             "precision": "fp32", "criteria": sorted({c for c, _, _ in plans}), "rates": [float(r) for r in rates],
