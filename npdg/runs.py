@@ -29,14 +29,16 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-import torch
 import yaml
 
 from npdg.errors import ConfigError, NpdgError, StorageError
+
+if TYPE_CHECKING:  # torch is imported by the functions that use it: config and run-folder code stays torch-free
+    import torch
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
@@ -266,6 +268,8 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], binary: bool = 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
     """``torch.save`` atomically (:func:`atomic_write`)."""
+    import torch
+
     atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
@@ -314,6 +318,8 @@ def torch_load(path: str | Path, map_location: str | torch.device = "cpu", what:
     file contains pickled Python objects ...", never torch's boilerplate or "Unsupported operand
     149"); anything else unreadable says it is not a valid PyTorch file.
     """
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise NpdgError(f"{what} not found: {path}")
@@ -399,6 +405,8 @@ def truncate_metrics(run: RunDir, step: int) -> None:
 # --------------------------------------------------------------------------------------------------
 def capture_rng_state() -> dict[str, Any]:
     """Torch CPU/CUDA, numpy and Python ``random`` states, as tensors and plain lists."""
+    import torch
+
     np_state = np.random.get_state()
     py_version, py_internal, py_gauss = random.getstate()
     state: dict[str, Any] = {
@@ -422,6 +430,8 @@ def capture_rng_state() -> dict[str, Any]:
 
 def restore_rng_state(state: dict[str, Any]) -> None:
     """Inverse of :func:`capture_rng_state`."""
+    import torch
+
     torch.set_rng_state(state["torch"].cpu())
     n = state["numpy"]
     np.random.set_state(

@@ -53,10 +53,10 @@ def test_failed_checkpoint_write_keeps_previous_one(tmp_path, monkeypatch):
         fh.write(b"partial garbage")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(runs_mod.torch, "save", disk_full)
+    monkeypatch.setattr(torch, "save", disk_full)
     with pytest.raises(OSError, match="No space left"):
         atomic_save({"iter": 2, "w": torch.zeros(3)}, path)
-    monkeypatch.setattr(runs_mod.torch, "save", real_save)
+    monkeypatch.setattr(torch, "save", real_save)
     ckpt = load_checkpoint(path)
     assert ckpt["iter"] == 1 and torch.equal(ckpt["w"], torch.ones(3))
     assert [p.name for p in path.parent.iterdir()] == ["last.pt"]  # no temporary file left behind

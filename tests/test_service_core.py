@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -58,6 +61,30 @@ def test_device_info_names_the_engine_device():
     info = svc.device_info()
     assert info.kind == ("cuda" if torch.cuda.is_available() else "cpu")
     assert str(svc.engine_device()).startswith(info.kind) and info.label
+
+
+def test_device_badge_without_torch_names_the_cpu(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert svc._no_gpu_driver()
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    monkeypatch.delitem(sys.modules, "torch")  # as if torch were not imported yet
+    if svc._no_gpu_driver():
+        assert svc.device_info() == svc.DeviceInfo("cpu", "cpu", "CPU", "CPU")
+
+
+def test_data_page_code_never_imports_torch():
+    """The first page a user opens (Data) renders scenes without torch: 2 s of the cold start."""
+    code = ("import sys; sys.path.insert(0, '.');"
+            "import app.components, app.inputs, app.nav, app.state, npdg.service.datasets;"
+            "import npdg.service.data as d;"
+            "v = d.scene_views('val', 3, ('source', 'night', 'fog'), (64, 128)); d.appearance_stats(v);"
+            "from npdg.service import device_info; device_info();"
+            "print(sorted(m for m in ('torch', 'segmentation_models_pytorch', 'timm') if m in sys.modules))")
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parent.parent, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
 
 
 def test_lru_cache_and_keys():

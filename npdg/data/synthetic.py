@@ -20,7 +20,6 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from torch.utils.data import Dataset
 
 from npdg.data import resolve_index
 from npdg.data import scene as sc
@@ -563,8 +562,13 @@ def render_scene(domain: str, split: str, index: int, size: tuple[int, int] = DE
     return image, content.label
 
 
-class SyntheticDataset(Dataset):
+class SyntheticDataset:
     """Scenes ``0 .. length-1`` of one synthetic domain and split, as samples of the npdg contract.
+
+    A map-style dataset (``__len__`` and ``__getitem__``, all that ``torch.utils.data.DataLoader``
+    and ``Subset`` need) that does not subclass ``torch.utils.data.Dataset``: this module is also the
+    renderer of the dashboard's Data page, which then never imports torch — about 2 s of the
+    dashboard's cold start on a 2-core CPU (docs/dashboard.md §4).
 
     ``transform`` (a :class:`~npdg.data.transforms.PairTransform`) is applied to the uint8 arrays
     with a generator seeded by ``(split, index, domain, epoch)``; call :meth:`set_epoch` to draw new

@@ -8,14 +8,16 @@ A transform is any callable ``(image uint8 [H,W,3], label uint8 [H,W], rng) -> (
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import cv2
 import numpy as np
-import torch
 
 from npdg.config import parse_size  # noqa: F401 - re-exported: sizes are parsed in one place
 from npdg.labels import IGNORE
+
+if TYPE_CHECKING:  # torch is imported where tensors are made: the renderers that use this module stay torch-free
+    import torch
 
 
 class PairTransform(Protocol):
@@ -114,9 +116,13 @@ class Compose:
 
 def image_to_tensor(image: np.ndarray) -> torch.Tensor:
     """uint8 ``[H, W, 3]`` → float32 ``[3, H, W]`` in [0, 1]."""
+    import torch
+
     return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
 
 
 def label_to_tensor(label: np.ndarray) -> torch.Tensor:
     """uint8 ``[H, W]`` train ids → int64 ``[H, W]``."""
+    import torch
+
     return torch.from_numpy(np.ascontiguousarray(label)).long()

@@ -77,9 +77,32 @@ class DeviceInfo:
     memory_gb: float | None = None
 
 
-@lru_cache(maxsize=1)
+def _no_gpu_driver() -> bool:
+    """True when torch cannot see a GPU here, decided without importing torch: no NVIDIA driver
+    (``/proc/driver/nvidia``, ``/dev/nvidiactl``, WSL's ``/dev/dxg``) or ``CUDA_VISIBLE_DEVICES``
+    hides every device."""
+    import os
+
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return True
+    return not any(Path(p).exists() for p in ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/dxg"))
+
+
 def device_info() -> DeviceInfo:
-    """CUDA when available, else the CPU (the services load models there)."""
+    """CUDA when available, else the CPU (the services load models there).
+
+    Before torch is imported on a machine without a GPU driver, the CPU is named without its thread
+    count: the badge on the first page then costs no torch import, about 2 s of the dashboard's cold
+    start on a 2-core CPU (docs/dashboard.md §4). The full answer is cached once torch is loaded."""
+    import sys
+
+    if "torch" not in sys.modules and _no_gpu_driver():
+        return DeviceInfo("cpu", "cpu", "CPU", "CPU")
+    return _device_info()
+
+
+@lru_cache(maxsize=1)
+def _device_info() -> DeviceInfo:
     import torch
 
     if torch.cuda.is_available():
