@@ -60,26 +60,31 @@ def unit_scatter(x: Sequence[float], y: Sequence[float], color: Sequence[float],
 def map_grid(maps: np.ndarray, titles: Sequence[str], *, zmin: float, zmax: float, colorscale: str,
              wrap: int = 4, row_height: int = 190, colorbar_title: str = "") -> go.Figure:
     """Maps ``[N, h, w]`` as a grid of heatmaps read left to right, top to bottom (image orientation:
-    row 0 at the top), one shared colour scale ``zmin … zmax``."""
-    from plotly.subplots import make_subplots
+    row 0 at the top), one shared colour scale ``zmin … zmax``.
 
+    The layout (axis domains, one title per map) is written out as one dict, as
+    ``plotly.subplots.make_subplots`` would lay it out: building it through ``make_subplots`` and
+    per-subplot ``update_yaxes`` calls took ~130 ms for 8 maps, on every rerun of the Unit page."""
     n = len(maps)
     cols = max(1, min(wrap, n))
     rows = -(-n // cols)
-    fig = make_subplots(rows=rows, cols=cols, subplot_titles=list(titles), horizontal_spacing=0.02,
-                        vertical_spacing=0.12 if rows > 1 else 0.0)
-    for i, m in enumerate(maps):
-        fig.add_trace(go.Heatmap(z=np.round(np.asarray(m, dtype=np.float32), 3), coloraxis="coloraxis",
-                                 hovertemplate="x %{x}, y %{y}: %{z:.2f}<extra></extra>"),
-                      row=i // cols + 1, col=i % cols + 1)
-    fig.update_xaxes(showticklabels=False, constrain="domain")
-    fig.update_yaxes(showticklabels=False, autorange="reversed", scaleanchor="x", constrain="domain")
-    for i in range(n):  # each map keeps its aspect ratio against its own x axis
-        fig.update_yaxes(scaleanchor=f"x{i + 1 if i else ''}", row=i // cols + 1, col=i % cols + 1)
-    fig.update_layout(height=40 + row_height * rows, margin=dict(l=0, r=0, t=30, b=0),
-                      coloraxis=dict(colorscale=colorscale, cmin=zmin, cmax=zmax, colorbar=dict(title=colorbar_title)))
-    fig.update_annotations(font_size=11)
-    return fig
+    h_gap, v_gap = 0.02, (0.12 if rows > 1 else 0.0)
+    cell_w, cell_h = (1 - h_gap * (cols - 1)) / cols, (1 - v_gap * (rows - 1)) / rows
+    layout: dict = dict(height=40 + row_height * rows, margin=dict(l=0, r=0, t=30, b=0), annotations=[],
+                        coloraxis=dict(colorscale=colorscale, cmin=zmin, cmax=zmax, colorbar=dict(title=colorbar_title)))
+    data = []
+    for i, (m, title) in enumerate(zip(maps, titles, strict=True)):
+        r, c, k = i // cols, i % cols, str(i + 1) if i else ""
+        x0, top = c * (cell_w + h_gap), 1 - r * (cell_h + v_gap)
+        x_dom, y_dom = [max(0.0, x0), min(1.0, x0 + cell_w)], [max(0.0, top - cell_h), min(1.0, top)]
+        layout[f"xaxis{k}"] = dict(domain=x_dom, anchor=f"y{k}", showticklabels=False, constrain="domain")
+        layout[f"yaxis{k}"] = dict(domain=y_dom, anchor=f"x{k}", showticklabels=False,
+                                   autorange="reversed", scaleanchor=f"x{k}", constrain="domain")
+        layout["annotations"].append(dict(text=str(title), x=x0 + cell_w / 2, y=top, xref="paper", yref="paper",
+                                          xanchor="center", yanchor="bottom", showarrow=False, font=dict(size=11)))
+        data.append(go.Heatmap(z=np.round(np.asarray(m, dtype=np.float32), 3), coloraxis="coloraxis",
+                               xaxis=f"x{k}", yaxis=f"y{k}", hovertemplate="x %{x}, y %{y}: %{z:.2f}<extra></extra>"))
+    return go.Figure(data=data, layout=layout)
 
 
 #: A long qualitative palette (plotly's Dark24): one fixed colour per layer in per-layer views.
