@@ -12,7 +12,7 @@ and after them.
 Targets (issue #14, 2-core CPU, zoo R18): every widget interaction ≤ 1 s p95; cold start (process
 start to the first page drawn) ≤ 10 s; server RSS growth over the interactions ≤ 10 %.
 
-    python bench/bench_dashboard.py [--interactions 100]
+    python bench/bench_dashboard.py [--interactions 100] [--only PREFIX] [--raw]
 """
 
 from __future__ import annotations
@@ -62,11 +62,14 @@ def _sweep(right: int, left: int, index: int = 0):
 
 
 def _radio(*labels: str):
-    state = {"i": -1}  # the first click picks labels[0] (the link opened the page on another one)
+    """Switch the radio that offers ``labels`` to the next of them after the checked one. Read from
+    the page, so a retried (dropped) input clicks the same option again."""
 
     def act(page) -> None:
-        state["i"] = (state["i"] + 1) % len(labels)
-        page.get_by_text(labels[state["i"]], exact=True).first.click()
+        radio = page.locator('[data-testid="stRadio"]', has=page.get_by_text(labels[0], exact=True)).first
+        checked = radio.locator("label:has(input:checked)").inner_text().strip()
+        target = labels[(labels.index(checked) + 1) % len(labels)] if checked in labels else labels[0]
+        radio.locator("label").filter(has=page.get_by_text(target, exact=True)).first.click()
 
     return act
 
@@ -128,6 +131,8 @@ def _stats(times: list[float]) -> tuple[float, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--interactions", type=int, default=100)
+    ap.add_argument("--raw", action="store_true", help="also print every sample, in the order taken (seconds since "
+                    "the first measured interaction, then the figure)")
     ap.add_argument("--only", default="", help="only the interactions whose name starts with this (e.g. prune)")
     args = ap.parse_args()
     session = {k: v for k, v in SESSION.items() if k.startswith(args.only)}
@@ -138,7 +143,7 @@ def main() -> None:
     print(f"machine: {platform.system()} {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
           f"python {platform.python_version()}, Debian chromium (headless)")
     print(f"command: python bench/bench_dashboard.py --interactions {args.interactions}"
-          + (f" --only {args.only}" if args.only else ""))
+          + (f" --only {args.only}" if args.only else "") + (" --raw" if args.raw else ""))
     print("figures: seconds from the input (the page's first pointer/key press) to 'script done' in the browser; "
           "server = the streamlit process")
     cache = Path(tempfile.mkdtemp(prefix="npdg-bench-dashboard-"))
@@ -163,14 +168,18 @@ def main() -> None:
             pages[name].wait_for_selector(IDLE, timeout=300_000)
         rss0 = rss_mb(proc.pid)
         samples: dict[str, list[float]] = {}
+        raw: list[tuple[float, str, float]] = []
         names = list(session)
+        t_measure = time.perf_counter()
         for i in range(args.interactions):
             name = names[i % len(names)]
             page = pages[name]
             page.bring_to_front()
             kind = []
             seconds = _timed(name, page, lambda a=session[name][2], p=page, k=kind: k.append(a(p)))
-            samples.setdefault(name + (f", a {kind[0]} value" if kind and kind[0] else ""), []).append(seconds)
+            label = name + (f", a {kind[0]} value" if kind and kind[0] else "")
+            samples.setdefault(label, []).append(seconds)
+            raw.append((time.perf_counter() - t_measure, label, seconds))
             page.wait_for_selector(IDLE, timeout=300_000)
         rss1 = rss_mb(proc.pid)
         errors = {n: p.errors for n, p in pages.items() if p.errors}
@@ -186,6 +195,10 @@ def main() -> None:
     print(f"{'server RSS after warm-up → after interactions':<46} {rss0:7.1f} MB → {rss1:7.1f} MB  ({growth:+.1f} %)  "
           f"{'ok' if growth <= 10 else 'GROWS (target ≤ 10 %)'}")
     print(f"console errors: {errors or 'none'}")
+    if args.raw:
+        print("raw samples (t since the first measured interaction, interaction, seconds):")
+        for t, label, seconds in raw:
+            print(f"  {t:7.2f}  {label:<46} {seconds:.3f}")
 
 
 if __name__ == "__main__":

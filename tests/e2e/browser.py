@@ -8,6 +8,7 @@ records every transition with ``performance.now()``; the time is the first ``not
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -137,24 +138,45 @@ def open_idle(page, url: str, timeout_s: float = 180) -> float:
 _WATCH = """() => {
   if (!window.__npdgStates) {
     window.__npdgStates = [];
-    // the whole document, not one element: a re-mounted stApp is still seen (attributeFilter keeps it cheap)
-    new MutationObserver(records => { for (const r of records) {
-        if (r.target.getAttribute && r.target.getAttribute('data-testid') === 'stApp')
-          window.__npdgStates.push([r.target.getAttribute('data-test-script-state'), performance.now()]); } })
-      .observe(document.documentElement, {attributes: true, subtree: true, attributeFilter: ['data-test-script-state']});
+    // the whole document, not one element: a re-mounted stApp is still seen (attributeFilter keeps it cheap).
+    // A fast rerun can go running → notRunning before the observer is called: each record's new value is
+    // the next record's old value (the element's current value for the last one), not what it reads now.
+    new MutationObserver(records => {
+      const app = records.filter(r => r.target.getAttribute && r.target.getAttribute('data-testid') === 'stApp');
+      const now = performance.now();
+      app.forEach((r, i) => {
+        const next = app.slice(i + 1).find(q => q.target === r.target);
+        window.__npdgStates.push([next ? next.oldValue : r.target.getAttribute('data-test-script-state'), now]);
+      }); })
+      .observe(document.documentElement, {attributes: true, subtree: true, attributeOldValue: true,
+                                          attributeFilter: ['data-test-script-state']});
   }
   if (!window.__npdgInputs) {  // the user's input itself: the first pointer press or key press after the reset
     window.__npdgInputs = [];
     for (const type of ['pointerdown', 'keydown'])
       window.addEventListener(type, () => window.__npdgInputs.push(performance.now()), true);
   }
+  if (!window.__npdgDom) {  // when the page last changed: a rerun faster than a React commit shows no 'running'
+    window.__npdgDom = [0];
+    new MutationObserver(() => { window.__npdgDom[0] = performance.now(); })
+      .observe(document.body, {childList: true, subtree: true, characterData: true});
+  }
   window.__npdgStates.length = 0;
   window.__npdgInputs.length = 0;
+  window.__npdgDom[0] = 0;
   return performance.now();
 }"""
 _DONE = """() => { const s = window.__npdgStates; const i = s.findIndex(x => x[0] === 'running');
   if (i < 0) return null; const d = s.slice(i).find(x => x[0] === 'notRunning'); return d ? d[1] : null; }"""
 _STARTED = "() => window.__npdgStates.some(x => x[0] === 'running')"
+#: A rerun so fast that React committed running and notRunning in one render leaves no state change
+#: to see; the page's content still changed. Settled: the content changed after the input, the app is
+#: idle and nothing changed for 2 s (no server takes that long to say a rerun started) — then the last
+#: change is when the rerun was drawn.
+_SETTLED = f"""() => {{ const last = window.__npdgDom[0], input = window.__npdgInputs[0];
+  return input !== undefined && last > input && performance.now() - last > 2000
+         && document.querySelector({json.dumps(IDLE)}) !== null; }}"""
+_STARTED_OR_SETTLED = f"() => ({_STARTED})() || ({_SETTLED})()"
 
 
 def timed(page, action, timeout_s: float = 120, retry=None, retry_after_s: float = 15) -> float:
@@ -177,10 +199,14 @@ def timed_pair(page, action, timeout_s: float = 120, retry=None, retry_after_s: 
     action()
     if retry is not None:
         try:
-            page.wait_for_function(_STARTED, timeout=retry_after_s * 1000)
+            page.wait_for_function(_STARTED_OR_SETTLED, timeout=retry_after_s * 1000)
         except Exception:
             if page.locator(IDLE).count():
                 retry()
+        else:
+            if not page.evaluate(_STARTED):  # drawn in one render: done when the content last changed
+                last, pressed = page.evaluate("() => [window.__npdgDom[0], window.__npdgInputs[0]]")
+                return (last - pressed) / 1000.0, (last - t0) / 1000.0
     page.wait_for_function(f"() => ({_DONE})() !== null", timeout=timeout_s * 1000)
     done, pressed = page.evaluate(f"() => [({_DONE})(), window.__npdgInputs[0] ?? null]")
     start = pressed if pressed is not None and pressed >= t0 else t0
