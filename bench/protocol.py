@@ -300,14 +300,15 @@ def settings_of(args) -> dict:
 
 
 def table(results: dict[str, list[dict]], args) -> str:
-    """Markdown: per-domain mean ± std over seeds, the means, the bootstrap interval vs dsp_budget, costs."""
+    """Markdown: per-domain mean ± std over seeds (sample std, ddof 1), the means, the bootstrap interval
+    vs dsp_budget, costs (GFLOPs and batch-1 CPU latency at the cost size, as ``npdg cost`` measured)."""
     cols = ["source", *HELDOUT, "held-out", "Δ vs dsp_budget [95 % CI]", "corruptions", "Δ corr. [95 % CI]",
-            "suburb", "GFLOPs", "params (M)", "|γ| std"]
+            "suburb", "GFLOPs", "params (M)", "CPU ms (b1)", "|γ| std"]
     lines = ["| row | seeds | " + " | ".join(cols) + " |", "|---" * (len(cols) + 2) + "|"]
 
     def ms(vals: list[float], scale: float = 100.0, digits: int = 1) -> str:
         v = scale * np.asarray(vals, dtype=float)
-        return f"{v.mean():.{digits}f} ± {v.std():.{digits}f}" if len(v) > 1 else f"{v[0]:.{digits}f}"
+        return f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}" if len(v) > 1 else f"{v[0]:.{digits}f}"
 
     ref = results.get(REFERENCE) or [json.loads(f.read_text()) for s in args.seeds  # e.g. for the ablations
                                       if (f := args.results / f"{REFERENCE}_s{s}.json").is_file()]
@@ -322,6 +323,7 @@ def table(results: dict[str, list[dict]], args) -> str:
         cells.append(ms([r["miou"]["suburb"] for r in rs]))
         cells.append(ms([r["gflops"] for r in rs], 1.0, 2))
         cells.append(ms([r["params"] / 1e6 for r in rs], 1.0, 2))
+        cells.append(ms([r.get("latency_ms_b1", float("nan")) for r in rs], 1.0, 0))
         cells.append(ms([r["gamma_abs_std"] for r in rs], 1.0, 3))
         lines.append(f"| {row} | {len(rs)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

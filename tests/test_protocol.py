@@ -57,3 +57,22 @@ def test_prune_commands_keep_the_budget_and_pass_the_varied_setting(protocol, mo
     r = cmd("npdg_r0.1")  # the npdg row's sparse model at another rate: only the fine-tune is new
     assert r["--rate"] == "0.1" and "--sparse-iters" not in r and r["--finetune-iters"] == "200"
     assert cmd("npdg_unary")["--criterion"] == "npdg_unary"
+
+
+def test_table_gives_mean_and_sample_std_over_seeds_and_the_latency(protocol, tmp_path):
+    import argparse
+
+    def result(seed: int, level: float, latency: float) -> dict:
+        miou = dict.fromkeys(("source", *protocol.HELDOUT, "suburb", *protocol.CORRUPT), level)
+        return {"row": "npdg", "seed": seed, "miou": miou, "heldout_mean": level, "corrupt_mean": level,
+                "gflops": 36.9, "params": 7.6e6, "latency_ms_b1": latency, "gamma_abs_std": 0.07}
+
+    args = argparse.Namespace(results=tmp_path, out=tmp_path, seeds=[0, 1, 2], boot=10)
+    text = protocol.table({"npdg": [result(0, 0.12, 400.0), result(1, 0.13, 420.0), result(2, 0.14, 440.0)]}, args)
+    header, _, row = text.splitlines()
+    assert "CPU ms (b1)" in header
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[:3] == ["npdg", "3", "13.0 ± 1.0"]  # sample std (ddof 1) of 12, 13, 14
+    assert "420 ± 20" in cells
+    assert cells[2 + 1 + len(protocol.HELDOUT)] == "13.0 ± 1.0"  # the held-out mean
+    assert cells[3 + 1 + len(protocol.HELDOUT)] == "–"  # no dsp_budget runs: no interval
