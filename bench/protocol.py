@@ -303,7 +303,7 @@ def table(results: dict[str, list[dict]], args) -> str:
     """Markdown: per-domain mean ± std over seeds (sample std, ddof 1), the means, the bootstrap interval
     vs dsp_budget, costs (GFLOPs and batch-1 CPU latency at the cost size, as ``npdg cost`` measured)."""
     cols = ["source", *HELDOUT, "held-out", "Δ vs dsp_budget [95 % CI]", "corruptions", "Δ corr. [95 % CI]",
-            "suburb", "GFLOPs", "params (M)", "CPU ms (b1)", "|γ| std"]
+            "suburb", "GFLOPs", "params (M)", "CPU ms (b1)", "BN \\|γ\\| std"]
     lines = ["| row | seeds | " + " | ".join(cols) + " |", "|---" * (len(cols) + 2) + "|"]
 
     def ms(vals: list[float], scale: float = 100.0, digits: int = 1) -> str:
