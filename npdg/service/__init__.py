@@ -25,6 +25,8 @@ streamlit; the caches are plain Python.
 from __future__ import annotations
 
 import hashlib
+import os
+import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator
@@ -81,8 +83,6 @@ def _no_gpu_driver() -> bool:
     """True when torch cannot see a GPU here, decided without importing torch: no NVIDIA driver
     (``/proc/driver/nvidia``, ``/dev/nvidiactl``, WSL's ``/dev/dxg``) or ``CUDA_VISIBLE_DEVICES``
     hides every device."""
-    import os
-
     if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
         return True
     return not any(Path(p).exists() for p in ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/dxg"))
@@ -94,8 +94,6 @@ def device_info() -> DeviceInfo:
     Before torch is imported on a machine without a GPU driver, the CPU is named without its thread
     count: the badge on the first page then costs no torch import, about 2 s of the dashboard's cold
     start on a 2-core CPU (docs/dashboard.md §4). The full answer is cached once torch is loaded."""
-    import sys
-
     if "torch" not in sys.modules and _no_gpu_driver():
         return DeviceInfo("cpu", "cpu", "CPU", "CPU")
     return _device_info()
