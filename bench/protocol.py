@@ -13,7 +13,9 @@ Rows, for every seed (docs/method.md §9):
   ``npdg_lam0.6``, ``npdg_lam0.8``, ``npdg_unary`` (λ = 1) — the unary/binary mix of the sensitivity
   weights (``npdg`` itself is λ = 0.4) — and ``npdg_r0.1``, ``npdg_r0.2``, ``npdg_r0.4``, which prune
   the ``npdg`` row's sparse-trained model at other rates. They go to ``ablations.md`` and the plot
-  ``ablations.png`` (held-out, corruption and source mIoU against λ and r).
+  ``ablations.png`` (held-out, corruption and source mIoU against λ and r);
+- the sparsity-weight study (``--rows lambda_s``): ``npdg_ls0.25``, ``slimming_ls0.25``,
+  ``npdg_ls0.1``, ``slimming_ls0.1`` — λ_s a quarter and a tenth of the rule's (``lambda_s.md``).
 
 Every pruned row also records the share of units it pruned per stage (stem, layer1–4 / block1–4,
 decoder; the table's second part): the paper notes NPDG prunes mostly shallow layers.
@@ -21,7 +23,8 @@ decoder; the table's second part): the paper notes NPDG prunes mostly shallow la
 Every run is scored on the ``test`` split, ``--scenes`` scenes per domain: the 6 held-out style
 domains, the source, ``suburb`` (content shift, not averaged) and the 6 corruption domains of
 ``npdg.data.corruptions`` (a second, independent shift never used to choose anything). Per-scene
-confusion matrices are kept (``scenes.npz`` in the run folder), so the table gives, next to the
+confusion matrices are kept (``scenes.npz`` in the run folder, copied to ``--results``/``<row>_s<seed>.npz``
+so the table can be remade without the run folders), so the table gives, next to the
 seed std, a paired bootstrap 95 % interval over scenes of each row minus ``dsp_budget``
 (``npdg.significance``). Each run's figures go to ``--results``/``<row>_s<seed>.json`` (kept in the
 repository): per-domain mIoU, the means, GFLOPs and parameters at 512×1024 (``npdg cost``), CPU
@@ -29,7 +32,8 @@ latency, the spread of BN |γ|, and the wall and CPU time of the training comman
 counts only its last part).
 
 Resumable: a finished run (its results JSON present) is skipped; an interrupted training resumes
-from its last checkpoint. Runs go under ``--out`` (git-ignored). Presets:
+from its last checkpoint. A base the prune rows need whose run folder is gone (a fresh machine) is
+retrained, and the log says whether the retraining reproduced its recorded result. Runs go under ``--out`` (git-ignored). Presets:
 
 - ``cpu`` (default): 64×128, base 800, sparse 200, fine-tune 200 iterations, 3 seeds — about
   6 hours on the 2-core CPU (~2 h a seed: an erm step at 64×128 takes ~0.57 s there with the
@@ -53,6 +57,7 @@ import os
 import platform
 import re
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -88,8 +93,13 @@ SPARSE_CRITERIA = tuple(c.name for c in CRITERIA.values() if c.sparse_mode)  # n
 LAMBDA_ROWS = ("npdg_binary", "npdg_lam0.2", "npdg_lam0.6", "npdg_lam0.8", "npdg_unary")
 RATE_ROWS = ("npdg_r0.1", "npdg_r0.2", "npdg_r0.4")
 ABLATION_ROWS = LAMBDA_ROWS + RATE_ROWS
+#: The sparsity-weight study (``--rows lambda_s``): npdg and slimming with λ_s a quarter and a tenth of
+#: the γ-shrink rule's (``_lsX`` scales the rule's λ_s by X; a sparse criterion only). Does a gentler
+#: sparse phase keep the source the full-strength one loses, and does npdg then gain on held-out?
+LS_ROWS = ("npdg_ls0.25", "slimming_ls0.25", "npdg_ls0.1", "slimming_ls0.1")
+ROW_GROUPS = {"ablations": ABLATION_ROWS, "lambda_s": LS_ROWS}
 ROW_PATTERN = re.compile(r"^(?P<crit>npdg_unary|npdg_binary|npdg|slimming|l1norm|random)"
-                         r"(?:_lam(?P<lam>[01](?:\.\d+)?))?(?:_r(?P<rate>0\.\d+))?$")
+                         r"(?:_lam(?P<lam>[01](?:\.\d+)?))?(?:_r(?P<rate>0\.\d+))?(?:_ls(?P<ls>\d+(?:\.\d+)?))?$")
 HELDOUT = tuple(domain_names("heldout"))
 CORRUPT = tuple(f"corrupt_{c}" for c in CORRUPTIONS)
 REFERENCE = "dsp_budget"
@@ -104,7 +114,16 @@ def parse_row(row: str) -> tuple[str, float | None, float | None]:
     rate = None if m["rate"] is None else float(m["rate"])
     if (lam is not None or rate is not None) and m["crit"] != "npdg" or lam is not None and rate is not None:
         raise ValueError(f"{row!r}: _lam and _r vary npdg, one at a time")
+    if m["ls"] is not None and (lam is not None or rate is not None or m["crit"] not in SPARSE_CRITERIA
+                                or not 0 < float(m["ls"]) <= 10):
+        raise ValueError(f"{row!r}: _lsX scales λ_s (0 < X <= 10) of a sparse criterion, alone")
     return m["crit"], lam, rate
+
+
+def lambda_scale(row: str) -> float:
+    """The factor an ``_lsX`` row applies to the protocol's λ_s (1 for every other row)."""
+    m = ROW_PATTERN.match(row)
+    return 1.0 if m is None or m["ls"] is None else float(m["ls"])
 
 
 def _children_cpu() -> float:
@@ -146,7 +165,7 @@ def prune(row: str, seed: int, args, out: Path, base: Path) -> dict[str, float]:
                 "--seed", str(seed), "--dsp", args.dsp, "--cost-size", "512x1024", "--device", args.device,
                 "--overwrite", "--no-progress", "--units", args.units]
     if sparse:
-        cmd += ["--sparse-iters", str(args.sparse_iters), "--lambda-s", str(lambda_s(args))]
+        cmd += ["--sparse-iters", str(args.sparse_iters), "--lambda-s", str(lambda_s(args) * lambda_scale(row))]
     if lam is not None:
         cmd += ["--lam", str(lam)]
     return run(cmd)
@@ -156,12 +175,14 @@ def base_of(row: str, seed: int, args) -> Path:
     """The run a prune row starts from (made first when missing): ``dsp``, or for an ``_r`` row the
     ``npdg`` row's sparse-trained model."""
     if parse_row(row)[2] is not None:
-        if not (args.results / f"npdg_s{seed}.json").is_file():
-            do_row("npdg", seed, args)
-        return args.out / f"npdg_s{seed}" / "sparse"
-    if not (args.results / f"dsp_s{seed}.json").is_file():
-        do_row("dsp", seed, args)
-    return args.out / f"dsp_s{seed}"
+        sparse = args.out / f"npdg_s{seed}" / "sparse"
+        if not (args.results / f"npdg_s{seed}.json").is_file() or not (sparse / "model.safetensors").is_file():
+            do_row("npdg", seed, args, rebuild=True)
+        return sparse
+    base = args.out / f"dsp_s{seed}"
+    if not (args.results / f"dsp_s{seed}.json").is_file() or not (base / "model.safetensors").is_file():
+        do_row("dsp", seed, args, rebuild=True)
+    return base
 
 
 def sparse_of(out: Path, crit: str) -> dict:
@@ -270,10 +291,14 @@ def score(out: Path, args) -> dict:
     }
 
 
-def do_row(row: str, seed: int, args) -> dict:
+def do_row(row: str, seed: int, args, rebuild: bool = False) -> dict:
+    """Train (or prune) and score one row for one seed, or return its finished result. ``rebuild``
+    retrains a finished row whose run folder is gone (a base the prune rows need, on a fresh machine);
+    the new result replaces the old, and whether the retraining reproduced it is printed."""
     path = args.results / f"{row}_s{seed}.json"
-    if path.is_file():
-        return json.loads(path.read_text())
+    old = json.loads(path.read_text()) if path.is_file() else None
+    if old is not None and not rebuild:
+        return old
     out = args.out / f"{row}_s{seed}"
     if row in TRAIN_ROWS:
         spent = train(row, seed, args, out)
@@ -288,8 +313,20 @@ def do_row(row: str, seed: int, args) -> dict:
         result.update(criterion=crit, rate=args.rate if rate is None else rate, stages=stage_shares(out))
         result.update(sparse_of(out if rate is None else base_of(row, seed, args).parent, crit))
     args.results.mkdir(parents=True, exist_ok=True)
+    _keep_scenes(out, path.with_suffix(".npz"))
     atomic_write_json(result, path)
+    if old is not None:
+        print(f"{row} s{seed} rebuilt: held-out {100 * old['heldout_mean']:.2f} before, "
+              f"{100 * result['heldout_mean']:.2f} now", flush=True)
     return result
+
+
+def _keep_scenes(out: Path, dest: Path) -> None:
+    """Copy the run's per-scene confusions next to its results JSON (committed, a few tens of kB), so the
+    bootstrap intervals can be recomputed without the git-ignored run folders."""
+    tmp = dest.with_suffix(".tmp.npz")
+    shutil.copyfile(out / "scenes.npz", tmp)
+    tmp.replace(dest)
 
 
 def settings_of(args) -> dict:
@@ -401,7 +438,8 @@ def ablation_plot(args, seed: int, path: Path) -> Path | None:
 
 
 def _scenes(row: str, seed: int, args) -> dict[str, np.ndarray]:
-    with np.load(args.out / f"{row}_s{seed}" / "scenes.npz") as z:
+    kept = args.results / f"{row}_s{seed}.npz"
+    with np.load(kept if kept.is_file() else args.out / f"{row}_s{seed}" / "scenes.npz") as z:
         return {k: z[k] for k in z.files}
 
 
@@ -482,12 +520,14 @@ def main() -> None:
         args.set = [f"train.num_workers={args.workers}", *args.set]
     args.results = args.results or ROOT / "bench" / "results" / "protocol" / args.preset
     args.out = args.out / args.preset
-    if args.rows == ["ablations"]:
-        args.rows = list(ABLATION_ROWS)
+    group = args.rows[0] if len(args.rows) == 1 and args.rows[0] in ROW_GROUPS else None
+    if group:
+        args.rows = list(ROW_GROUPS[group])
     unknown = [r for r in args.rows if r not in TRAIN_ROWS and not ROW_PATTERN.match(r)]
     if unknown:
-        ap.error(f"unknown rows {unknown}; valid: {', '.join(TRAIN_ROWS + PRUNE_ROWS)}, ablations (= "
-                 f"{' '.join(ABLATION_ROWS)}) or npdg_lamX / npdg_rX")
+        ap.error(f"unknown rows {unknown}; valid: {', '.join(TRAIN_ROWS + PRUNE_ROWS)}, "
+                 + ", ".join(f"{g} (= {' '.join(rs)})" for g, rs in ROW_GROUPS.items())
+                 + ", npdg_lamX, npdg_rX or CRITERION_lsX")
     for r in args.rows:
         if r not in TRAIN_ROWS:
             try:
@@ -512,9 +552,9 @@ def main() -> None:
     text += ("\n\nShare of the units pruned per stage:\n\n" + stages) if stages else ""
     print(text)
     args.results.mkdir(parents=True, exist_ok=True)
-    ablations = set(args.rows) <= set(ABLATION_ROWS)
-    (args.results / ("ablations.md" if ablations else "table.md")).write_text(text + "\n")
-    if ablations:
+    group = next((g for g, rs in ROW_GROUPS.items() if set(args.rows) <= set(rs)), None)
+    (args.results / (f"{group}.md" if group else "table.md")).write_text(text + "\n")
+    if group == "ablations":
         plot = ablation_plot(args, args.seeds[0], args.results / "ablations.png")
         print(f"plot: {plot}" if plot else "plot: not enough ablation rows yet")
     print(f"total {time.perf_counter() - t0:.0f} s this call (finished runs reused); test split, {args.scenes} scenes per domain")

@@ -76,3 +76,56 @@ def test_table_gives_mean_and_sample_std_over_seeds_and_the_latency(protocol, tm
     assert "420 ± 20" in cells
     assert cells[2 + 1 + len(protocol.HELDOUT)] == "13.0 ± 1.0"  # the held-out mean
     assert cells[3 + 1 + len(protocol.HELDOUT)] == "–"  # no dsp_budget runs: no interval
+
+
+def test_lambda_s_rows_scale_the_rule_for_a_sparse_criterion_only(protocol, monkeypatch, tmp_path):
+    import argparse
+
+    assert protocol.parse_row("npdg_ls0.25") == ("npdg", None, None)
+    assert protocol.lambda_scale("slimming_ls0.1") == 0.1 and protocol.lambda_scale("npdg") == 1.0
+    for bad in ("l1norm_ls0.5", "random_ls0.5", "npdg_r0.1_ls0.5", "npdg_lam0.2_ls0.5", "npdg_ls0", "npdg_ls20"):
+        with pytest.raises(ValueError):
+            protocol.parse_row(bad)
+    assert all(protocol.parse_row(r) for r in protocol.LS_ROWS)
+    seen = []
+    monkeypatch.setattr(protocol, "run", lambda cmd: seen.append(cmd) or {"wall_s": 0.0, "cpu_s": 0.0})
+    args = argparse.Namespace(rate=0.3, finetune_iters=200, sparse_iters=200, lambda_s="auto", dsp="assets/dsp_tiny",
+                              device="cpu", units="all")
+    protocol.prune("slimming_ls0.1", 0, args, tmp_path / "r", tmp_path / "base")
+    flags = seen[0]
+    assert flags[flags.index("--criterion") + 1] == "slimming"
+    assert float(flags[flags.index("--lambda-s") + 1]) == pytest.approx(0.1 * 0.05 * 60 / 200)
+
+
+def test_bootstrap_intervals_come_from_the_kept_scenes_without_the_run_folders(protocol, tmp_path):
+    """Each run's per-scene confusions are copied next to its JSON, so the table's intervals survive a
+    fresh machine (the git-ignored run folders gone)."""
+    import argparse
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    doms = ("source", *protocol.HELDOUT, "suburb", *protocol.CORRUPT)
+    results, runs = tmp_path / "results", tmp_path / "runs"
+
+    def confusions(hit: float) -> dict:
+        eye = np.eye(19, dtype=np.int64) * 50
+        out = {}
+        for d in doms:
+            cm = rng.integers(0, int(50 * (1 - hit)) + 1, size=(20, 19, 19)) + eye
+            out[d] = cm
+        return out
+
+    for row, hit in (("dsp_budget", 0.9), ("npdg", 0.5)):
+        run = runs / f"{row}_s0"
+        run.mkdir(parents=True)
+        np.savez_compressed(run / "scenes.npz", **confusions(hit))
+        results.mkdir(exist_ok=True)
+        protocol._keep_scenes(run, results / f"{row}_s0.json".replace(".json", ".npz"))
+    import shutil
+
+    shutil.rmtree(runs)
+    args = argparse.Namespace(results=results, out=runs, seeds=[0], boot=50)
+    ci = protocol._ci("npdg", [{"seed": 0}], [{"seed": 0}], protocol.HELDOUT, args)
+    diff, low, high = (float(v) for v in ci.replace("[", " ").replace("]", " ").replace(",", " ").split())
+    assert diff < 0 and low <= diff <= high  # the worse row's interval, from the kept copies
