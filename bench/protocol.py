@@ -437,6 +437,41 @@ def ablation_plot(args, seed: int, path: Path) -> Path | None:
     return path
 
 
+def gamma_plot(results: dict[str, list[dict]], args, path: Path) -> Path | None:
+    """Held-out (and source) mIoU against the spread of BN |γ| (std over every BN channel of the final
+    model), one point per run: do γ that spread out go with better generalization? (issue #15: a base
+    trained from scratch leaves γ at 1 ± 0.01, so a γ ranking there ranks noise.)"""
+    pts = [(row, r) for row, rs in results.items() for r in rs if r.get("gamma_abs_std") is not None]
+    if len(pts) < 2:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharex=True)
+    for i, row in enumerate(dict.fromkeys(row for row, _ in pts)):
+        mine = [r for rw, r in pts if rw == row]
+        x = [r["gamma_abs_std"] for r in mine]
+        axes[0].scatter(x, [100 * r["heldout_mean"] for r in mine], color=f"C{i}", label=row)
+        axes[1].scatter(x, [100 * r["miou"]["source"] for r in mine], color=f"C{i}")
+    for ax, title in zip(axes, ("held-out styles (mean of 6)", "source")):
+        ax.set_xscale("log")
+        ax.set_xlabel("std of BN |γ| in the final model (log)")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("mIoU (%), test split")
+    axes[0].legend(fontsize=8, ncol=2)
+    fig.suptitle(f"γ spread against mIoU, {args.preset} preset, one point per run and seed", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
 def _scenes(row: str, seed: int, args) -> dict[str, np.ndarray]:
     kept = args.results / f"{row}_s{seed}.npz"
     with np.load(kept if kept.is_file() else args.out / f"{row}_s{seed}" / "scenes.npz") as z:
@@ -554,6 +589,9 @@ def main() -> None:
     args.results.mkdir(parents=True, exist_ok=True)
     group = next((g for g, rs in ROW_GROUPS.items() if set(args.rows) <= set(rs)), None)
     (args.results / (f"{group}.md" if group else "table.md")).write_text(text + "\n")
+    if group is None:
+        plot = gamma_plot(results, args, args.results / "gamma_spread.png")
+        print(f"plot: {plot}" if plot else "plot: not enough runs yet")
     if group == "ablations":
         plot = ablation_plot(args, args.seeds[0], args.results / "ablations.png")
         print(f"plot: {plot}" if plot else "plot: not enough ablation rows yet")
