@@ -482,13 +482,19 @@ def _ci(row: str, rs: list[dict], ref: list[dict], domains, args) -> str:
     if row == REFERENCE or not ref:
         return "–"
     seeds = sorted({r["seed"] for r in rs} & {r["seed"] for r in ref})
-    try:
-        a = [_scenes(row, s, args) for s in seeds]
-        b = [_scenes(REFERENCE, s, args) for s in seeds]
-    except FileNotFoundError:
+    here = [s for s in seeds if _has_scenes(row, s, args) and _has_scenes(REFERENCE, s, args)]
+    if not here:
         return "(scenes not here)"
+    a = [_scenes(row, s, args) for s in here]
+    b = [_scenes(REFERENCE, s, args) for s in here]
     ci = paired_bootstrap(a, b, domains, n_boot=args.boot)
-    return f"{100 * ci['diff']:+.1f} [{100 * ci['low']:+.1f}, {100 * ci['high']:+.1f}]"
+    text = f"{100 * ci['diff']:+.1f} [{100 * ci['low']:+.1f}, {100 * ci['high']:+.1f}]"
+    # runs scored before their scenes were kept, whose run folders are gone: say which seeds the interval has
+    return text if here == seeds else text + f" (seed{'s' if len(here) > 1 else ''} {', '.join(map(str, here))})"
+
+
+def _has_scenes(row: str, seed: int, args) -> bool:
+    return (args.results / f"{row}_s{seed}.npz").is_file() or (args.out / f"{row}_s{seed}" / "scenes.npz").is_file()
 
 
 def _parallel(args) -> None:

@@ -142,3 +142,5 @@ def test_gamma_plot_draws_one_point_per_run(protocol, tmp_path):
     path = protocol.gamma_plot({"dsp": [result(0.01, 0.13)], "npdg": [result(0.07, 0.12), result(0.08, 0.125)]},
                                args, tmp_path / "g.png")
     assert path.is_file() and path.stat().st_size > 5000 and not list(tmp_path.glob("*.tmp.png"))
+    partial = protocol._ci("npdg", [{"seed": 0}, {"seed": 1}], [{"seed": 0}, {"seed": 1}], protocol.HELDOUT, args)
+    assert partial == ci + " (seed 0)"  # seed 1's scenes are not here: the interval says which seeds it has
