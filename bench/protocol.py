@@ -367,13 +367,14 @@ def table(results: dict[str, list[dict]], args) -> str:
 
 
 def stage_table(results: dict[str, list[dict]], args) -> str:
-    """Markdown: the share of units each pruned row removed per stage, mean over seeds (where it
-    prunes; read from the run folder's plan for a results JSON written before it was recorded)."""
+    """Markdown: the share of units each pruned row removed per stage, mean over the seeds that know it
+    (where it prunes; read from the run folder's plan for a results JSON written before it was recorded)."""
     for rs in results.values():
         for x in rs:
             if "stages" not in x and x["row"] not in TRAIN_ROWS:
                 x["stages"] = stage_shares(args.out / f"{x['row']}_s{x['seed']}")
-    rows = {r: rs for r, rs in results.items() if rs and all(x.get("stages") for x in rs)}
+    # the seeds whose plan is known (a JSON of the first sittings whose run folder is gone has none)
+    rows = {r: kept for r, rs in results.items() if (kept := [x for x in rs if x.get("stages")])}
     stages = sorted({s for rs in rows.values() for x in rs for s in x["stages"]},
                     key=lambda s: (s != "stem", s == "decoder", s))
     if not rows:
@@ -445,6 +446,7 @@ def gamma_plot(results: dict[str, list[dict]], args, path: Path) -> Path | None:
     if len(pts) < 2:
         return None
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -457,6 +459,8 @@ def gamma_plot(results: dict[str, list[dict]], args, path: Path) -> Path | None:
         axes[1].scatter(x, [100 * r["miou"]["source"] for r in mine], color=f"C{i}")
     for ax, title in zip(axes, ("held-out styles (mean of 6)", "source")):
         ax.set_xscale("log")
+        ax.set_xticks([0.01, 0.02, 0.04, 0.08], ["0.01", "0.02", "0.04", "0.08"])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("std of BN |γ| in the final model (log)")
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
