@@ -429,6 +429,13 @@ def ablation_plot(args, seed: int, path: Path) -> Path | None:
     axes[1, 1].set_xlabel("rate r")
     fig.suptitle(f"npdg ablations, seed {seed}, {args.preset} preset (dotted: dense dsp_budget, equal iterations)",
                  fontsize=10)
+    return _save_figure(fig, path)
+
+
+def _save_figure(fig, path: Path) -> Path:
+    """Lay out, write atomically (a temporary file, then a rename) and close a matplotlib figure."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.png")
@@ -467,13 +474,7 @@ def gamma_plot(results: dict[str, list[dict]], args, path: Path) -> Path | None:
     axes[0].set_ylabel("mIoU (%), test split")
     axes[0].legend(fontsize=8, ncol=2)
     fig.suptitle(f"γ spread against mIoU, {args.preset} preset, one point per run and seed", fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return _save_figure(fig, path)
 
 
 def _scenes(row: str, seed: int, args) -> dict[str, np.ndarray]:
