@@ -329,6 +329,37 @@ def _keep_scenes(out: Path, dest: Path) -> None:
     tmp.replace(dest)
 
 
+def sparse_phase(rows: list[str], seeds: list[int], args) -> str:
+    """Markdown: each sparse row's model right after its sparse phase (dense, before pruning and
+    fine-tuning) against the row's final model and ``dsp_budget`` — does the sparse phase itself cost
+    the source, or the pruning? Scores ``<row>_s<seed>/sparse`` (kept as ``<row>_s<seed>.sparse.json``
+    and ``.sparse.npz``); a row whose sparse folder is gone and was never scored is skipped."""
+    lines = ["| row | seed | λ_s | held-out: sparse phase → final | source: sparse phase → final | "
+             "corruptions: sparse phase → final | BN \\|γ\\| std after the sparse phase | dsp_budget held-out / source |",
+             "|---|---|---|---|---|---|---|---|"]
+    for seed in seeds:
+        ref = args.results / f"{REFERENCE}_s{seed}.json"
+        for row in rows:
+            final = args.results / f"{row}_s{seed}.json"
+            if row in TRAIN_ROWS or parse_row(row)[0] not in SPARSE_CRITERIA or parse_row(row)[2] is not None \
+                    or not final.is_file() or not ref.is_file():
+                continue
+            path, folder = args.results / f"{row}_s{seed}.sparse.json", args.out / f"{row}_s{seed}" / "sparse"
+            if not path.is_file():
+                if not (folder / "model.safetensors").is_file():
+                    continue
+                result = score(folder, args)
+                _keep_scenes(folder, path.with_suffix(".npz"))
+                atomic_write_json(result, path)
+            a, b, r = (json.loads(f.read_text()) for f in (path, final, ref))
+            lines.append(f"| {row} | {seed} | {b.get('lambda_s', float('nan')):.4g} | "
+                         f"{100 * a['heldout_mean']:.1f} → {100 * b['heldout_mean']:.1f} | "
+                         f"{100 * a['miou']['source']:.1f} → {100 * b['miou']['source']:.1f} | "
+                         f"{100 * a['corrupt_mean']:.1f} → {100 * b['corrupt_mean']:.1f} | {a['gamma_abs_std']:.3f} | "
+                         f"{100 * r['heldout_mean']:.1f} / {100 * r['miou']['source']:.1f} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def settings_of(args) -> dict:
     keys = ("preset", "size", "base_iters", "sparse_iters", "finetune_iters", "rate", "dsp", "scenes", "config", "units",
             "set")
@@ -556,6 +587,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "protocol")
     ap.add_argument("--results", type=Path, help="per-run JSONs (default bench/results/protocol/<preset>)")
     ap.add_argument("--table-only", action="store_true", help="tabulate the finished runs, train nothing")
+    ap.add_argument("--sparse-phase", action="store_true",
+                    help="also score each sparse row's model right after its sparse phase (before pruning) and "
+                         "tabulate it against the final model (sparse_phase.md)")
     args = ap.parse_args()
     defaults = {"rows": [*TRAIN_ROWS, *PRUNE_ROWS], "parallel": 1, "workers": None,
                 "config": "configs/demo/deeplabv3plus_r18.yaml", "units": "all", **PRESETS[args.preset]}
@@ -598,6 +632,11 @@ def main() -> None:
     text += ("\n\nShare of the units pruned per stage:\n\n" + stages) if stages else ""
     print(text)
     args.results.mkdir(parents=True, exist_ok=True)
+    if args.sparse_phase:
+        phase = sparse_phase(args.rows, args.seeds, args)
+        if phase:
+            print("\nEach sparse row right after its sparse phase (dense) and after pruning + fine-tuning:\n\n" + phase)
+            (args.results / "sparse_phase.md").write_text(phase + "\n")
     group = next((g for g, rs in ROW_GROUPS.items() if set(args.rows) <= set(rs)), None)
     (args.results / (f"{group}.md" if group else "table.md")).write_text(text + "\n")
     if group is None:

@@ -144,3 +144,20 @@ def test_gamma_plot_draws_one_point_per_run(protocol, tmp_path):
     path = protocol.gamma_plot({"dsp": [result(0.01, 0.13)], "npdg": [result(0.07, 0.12), result(0.08, 0.125)]},
                                args, tmp_path / "g.png")
     assert path.is_file() and path.stat().st_size > 5000 and not list(tmp_path.glob("*.tmp.png"))
+
+
+def test_sparse_phase_table_sets_the_model_before_pruning_against_the_final_one(protocol, tmp_path):
+    import argparse
+    import json
+
+    def result(held: float, src: float, **extra) -> dict:
+        return {"heldout_mean": held, "corrupt_mean": held, "miou": {"source": src}, "gamma_abs_std": 0.05, **extra}
+
+    for name, r in (("dsp_budget_s0", result(0.15, 0.36)), ("npdg_s0", result(0.12, 0.24, lambda_s=0.015)),
+                    ("npdg_s0.sparse", result(0.14, 0.30)), ("l1norm_s0", result(0.14, 0.34))):
+        (tmp_path / f"{name}.json").write_text(json.dumps(r))
+    args = argparse.Namespace(results=tmp_path, out=tmp_path / "runs")
+    text = protocol.sparse_phase(["dsp_budget", "npdg", "l1norm", "slimming"], [0], args)
+    rows = text.splitlines()[2:]
+    assert len(rows) == 1  # l1norm has no sparse phase, slimming no run, dsp_budget is a training row
+    assert rows[0].startswith("| npdg | 0 | 0.015 | 14.0 → 12.0 | 30.0 → 24.0 |") and rows[0].endswith("| 15.0 / 36.0 |")
