@@ -341,8 +341,8 @@ def sparse_phase(rows: list[str], seeds: list[int], args) -> str:
         ref = args.results / f"{REFERENCE}_s{seed}.json"
         for row in rows:
             final = args.results / f"{row}_s{seed}.json"
-            if row in TRAIN_ROWS or parse_row(row)[0] not in SPARSE_CRITERIA or parse_row(row)[2] is not None \
-                    or not final.is_file() or not ref.is_file():
+            crit, _, rate = parse_row(row) if row not in TRAIN_ROWS else (row, None, None)
+            if crit not in SPARSE_CRITERIA or rate is not None or not final.is_file() or not ref.is_file():
                 continue
             path, folder = args.results / f"{row}_s{seed}.sparse.json", args.out / f"{row}_s{seed}" / "sparse"
             if not path.is_file():
@@ -508,9 +508,16 @@ def gamma_plot(results: dict[str, list[dict]], args, path: Path) -> Path | None:
     return _save_figure(fig, path)
 
 
+def _scenes_path(row: str, seed: int, args) -> Path | None:
+    """The run's per-scene confusions: the copy kept next to its JSON, else the run folder's, else None."""
+    for path in (args.results / f"{row}_s{seed}.npz", args.out / f"{row}_s{seed}" / "scenes.npz"):
+        if path.is_file():
+            return path
+    return None
+
+
 def _scenes(row: str, seed: int, args) -> dict[str, np.ndarray]:
-    kept = args.results / f"{row}_s{seed}.npz"
-    with np.load(kept if kept.is_file() else args.out / f"{row}_s{seed}" / "scenes.npz") as z:
+    with np.load(_scenes_path(row, seed, args)) as z:
         return {k: z[k] for k in z.files}
 
 
@@ -518,7 +525,7 @@ def _ci(row: str, rs: list[dict], ref: list[dict], domains, args) -> str:
     if row == REFERENCE or not ref:
         return "–"
     seeds = sorted({r["seed"] for r in rs} & {r["seed"] for r in ref})
-    here = [s for s in seeds if _has_scenes(row, s, args) and _has_scenes(REFERENCE, s, args)]
+    here = [s for s in seeds if _scenes_path(row, s, args) and _scenes_path(REFERENCE, s, args)]
     if not here:
         return "(scenes not here)"
     a = [_scenes(row, s, args) for s in here]
@@ -527,10 +534,6 @@ def _ci(row: str, rs: list[dict], ref: list[dict], domains, args) -> str:
     text = f"{100 * ci['diff']:+.1f} [{100 * ci['low']:+.1f}, {100 * ci['high']:+.1f}]"
     # runs scored before their scenes were kept, whose run folders are gone: say which seeds the interval has
     return text if here == seeds else text + f" (seed{'s' if len(here) > 1 else ''} {', '.join(map(str, here))})"
-
-
-def _has_scenes(row: str, seed: int, args) -> bool:
-    return (args.results / f"{row}_s{seed}.npz").is_file() or (args.out / f"{row}_s{seed}" / "scenes.npz").is_file()
 
 
 def _parallel(args) -> None:
@@ -638,8 +641,10 @@ def main() -> None:
             print("\nEach sparse row right after its sparse phase (dense) and after pruning + fine-tuning:\n\n" + phase)
             (args.results / "sparse_phase.md").write_text(phase + "\n")
     group = next((g for g, rs in ROW_GROUPS.items() if set(args.rows) <= set(rs)), None)
-    (args.results / (f"{group}.md" if group else "table.md")).write_text(text + "\n")
-    if group is None:
+    main_rows = group is None and set(args.rows) <= {*TRAIN_ROWS, *PRUNE_ROWS}
+    # the main table (and its plot) only from main rows: a mixed row set must not overwrite it
+    (args.results / (f"{group}.md" if group else "table.md" if main_rows else "other_rows.md")).write_text(text + "\n")
+    if main_rows:
         plot = gamma_plot(results, args, args.results / "gamma_spread.png")
         print(f"plot: {plot}" if plot else "plot: not enough runs yet")
     if group == "ablations":
