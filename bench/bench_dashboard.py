@@ -12,6 +12,11 @@ and after them.
 Targets (issue #14, 2-core CPU, zoo R18): every widget interaction ≤ 1 s p95; cold start (process
 start to the first page drawn) ≤ 10 s; server RSS growth over the interactions ≤ 10 %.
 
+A Prune rate that is not shipped is computed in the background (the slider's rerun draws the plan's
+cost and strip at once, and the previous scores marked as such); for those interactions the bench
+also times input → the new scores drawn (no progress line, no "previous plan", page idle), printed
+as its own "→ mIoU shown" line.
+
     python bench/bench_dashboard.py [--interactions 100] [--only PREFIX] [--raw]
 """
 
@@ -29,6 +34,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 sys.path.insert(0, str(ROOT))
+
+import json  # noqa: E402
 
 from browser import IDLE, chromium, dashboard, new_page, open_idle, press_slider, rss_mb, timed_pair  # noqa: E402
 
@@ -84,6 +91,14 @@ def _stepper():
     return act
 
 
+#: The Prune page's what-if drawn in full: no background what-if running, no previous plan's scores
+#: on show, the app idle — the browser-clock time it first held (a JS condition for wait_for_function).
+WHAT_IF_SHOWN = f"""() => {{ const t = document.body.innerText;
+  return !t.includes('Soft-masked mIoU at r') && !t.includes('previous plan')
+         && document.querySelector({json.dumps(IDLE)}) !== null ? performance.now() : false; }}"""
+#: Interactions whose result may arrive after the rerun: name → the condition above.
+RESULT_SHOWN = {"prune: rate slider": WHAT_IF_SHOWN, "prune (cap 0.75): rate slider": WHAT_IF_SHOWN}
+
 #: name → (deep link, the text that says the page is drawn, interaction)
 SESSION = {
     "data: opacity slider": ("/?scene=3&domains=source&domains=night&domains=fog", "Classes in this scene", _slider()),
@@ -121,6 +136,12 @@ def _timed(name: str, page, act) -> float:
         page.screenshot(path=str(Path(tempfile.gettempdir()) / "bench_dashboard_stuck.png"))
         raise RuntimeError(f"{name}: no 'script done' within 120 s ({type(exc).__name__}); screenshot in "
                            f"{tempfile.gettempdir()}/bench_dashboard_stuck.png") from exc
+
+
+def _shown(page, condition: str) -> float:
+    """Seconds from the last timed input to the first moment ``condition`` held (after its rerun)."""
+    at = page.wait_for_function(condition, timeout=120_000, polling=20).json_value()
+    return (at - page.evaluate("() => window.__npdgInputs[0] ?? 0")) / 1000.0
 
 
 def _stats(times: list[float]) -> tuple[float, float]:
@@ -165,6 +186,8 @@ def main() -> None:
         for name, (_, _, act) in session.items():  # warm-up: one of each
             pages[name].bring_to_front()  # the tab a user looks at (background tabs are throttled)
             _timed(name, pages[name], lambda a=act, p=pages[name]: a(p))
+            if name in RESULT_SHOWN:
+                _shown(pages[name], RESULT_SHOWN[name])
             pages[name].wait_for_selector(IDLE, timeout=300_000)
         rss0 = rss_mb(proc.pid)
         samples: dict[str, list[float]] = {}
@@ -180,6 +203,10 @@ def main() -> None:
             label = name + (f", a {kind[0]} value" if kind and kind[0] else "")
             samples.setdefault(label, []).append(seconds)
             raw.append((time.perf_counter() - t_measure, label, seconds))
+            if name in RESULT_SHOWN:
+                shown = _shown(page, RESULT_SHOWN[name])
+                samples.setdefault(label + " → mIoU shown", []).append(shown)
+                raw.append((time.perf_counter() - t_measure, label + " → mIoU shown", shown))
             page.wait_for_selector(IDLE, timeout=300_000)
         rss1 = rss_mb(proc.pid)
         errors = {n: p.errors for n, p in pages.items() if p.errors}

@@ -148,9 +148,16 @@ def _plan(v: View):
 
 
 # ----------------------------------------------------------------------------------------- what-if
+#: Session key of the last what-if scores shown: (model id, scenes, precision, rate, frame) — drawn,
+#: marked as the previous rate's, while a new rate's are computed.
+LAST_WHAT_IF = "_prune_last_what_if"
+
+
 def _what_if(v: View) -> None:
-    with st.spinner("Evaluating the plan on the scene set…"):
-        scores, cost = pruning.what_if(v.model.path, v.plan, n_images=int(v.n_scenes), precision=v.precision)
+    """The plan's cost at once (from the plan alone), its soft-masked mIoU when ready: shipped or
+    computed before, or a background job of about a second that the next rate supersedes — so the
+    slider never waits for a forward pass (docs/dashboard.md §4)."""
+    cost = pruning.plan_cost(v.model.path, v.plan, (512, 1024))
     pruned, cand = v.plan.num_pruned, v.plan.candidates
     m = st.columns(4)
     m[0].metric("pruned filters", f"{pruned['filter']} / {cand.get('filter', 0)}",
@@ -164,14 +171,39 @@ def _what_if(v: View) -> None:
                 delta_color="inverse")
     if v.plan.note:
         st.caption(f"Note: {v.plan.note}")
+    scores = pruning.what_if_ready(v.model.path, v.plan, n_images=v.n_scenes, precision=v.precision)
+    if scores is None:
+        status = pruning.what_if_job(v.model.path, v.plan, n_images=v.n_scenes, precision=v.precision,
+                                     lane=jobs_ui.lane("prune-what-if"))
+        if jobs_ui.follow_brief(status, f"Soft-masked mIoU at r = {v.rate:.2f}"):
+            scores = pruning.job_frame(status)
+    context = (v.model.id, v.n_scenes, v.precision)
+    if scores is not None:
+        st.session_state[LAST_WHAT_IF] = (*context, v.rate, scores)
+        _scores(v, scores, v.rate, current=True)
+    else:
+        last = st.session_state.get(LAST_WHAT_IF)
+        if last is not None and tuple(last[:3]) == context:
+            _scores(v, last[4], last[3], current=False)
+    st.plotly_chart(_layers_figure(pruning.plan_table(v.plan)), width="stretch", key="prune_kept")
+
+
+def _scores(v: View, scores, rate: float, *, current: bool) -> None:
+    """Source and held-out metrics and the per-domain bars of a what-if at ``rate`` — the page's
+    rate (``current``) or, greyed and said so, the previous one while the new one is computed."""
     src = scores[scores["role"] == "source"]
     held = scores[scores["averaged"]]
+    was = "" if current else " (previous plan)"
     k = st.columns(3)
-    k[0].metric("source mIoU", f"{100 * src['pruned_miou'].mean():.1f}", f"{100 * src['delta'].mean():+.1f}")
-    k[1].metric("held-out mean mIoU", f"{100 * held['pruned_miou'].mean():.1f}", f"{100 * held['delta'].mean():+.1f}",
+    k[0].metric("source mIoU" + was, f"{100 * src['pruned_miou'].mean():.1f}", f"{100 * src['delta'].mean():+.1f}")
+    k[1].metric("held-out mean mIoU" + was, f"{100 * held['pruned_miou'].mean():.1f}",
+                f"{100 * held['delta'].mean():+.1f}",
                 help="Mean over the held-out style domains (not the source, not suburb: content shift).")
     k[2].metric("scenes", f"{int(v.n_scenes)} per domain", help="The first val scenes of each domain.")
-    if scores.attrs.get("precomputed"):
+    if not current:
+        st.caption(f"These scores are the previous plan's (r = {rate:.2f}), shown until this plan's are computed; "
+                   "the cost above and the strip below are this plan's already.")
+    elif scores.attrs.get("precomputed"):
         st.caption(f"Precomputed in fp32 and shipped with {v.model.id} (`npdg zoo whatif`: every criterion at every "
                    "slider position with the default settings) — the numbers the exact precision computes.")
     else:
@@ -179,12 +211,11 @@ def _what_if(v: View) -> None:
                    f"(What-if precision: {v.precision}).")
     fig = go.Figure()
     fig.add_bar(x=scores["domain"], y=100 * scores["dense_miou"], name="dense", marker_color="#9aa5b1")
-    fig.add_bar(x=scores["domain"], y=100 * scores["pruned_miou"], name=f"pruned (r = {v.rate:.2f})",
-                marker_color="#d62728")
+    fig.add_bar(x=scores["domain"], y=100 * scores["pruned_miou"], marker_color="#d62728" if current else "#e8a0a0",
+                name=f"pruned (r = {rate:.2f}{'' if current else ', previous plan'})")
     fig.update_layout(barmode="group", height=320, margin=dict(l=0, r=0, t=30, b=0), yaxis_title="mIoU (%)",
                       title=f"mIoU per domain, dense vs soft-pruned — {int(v.n_scenes)} val scenes per domain")
     st.plotly_chart(fig, width="stretch", key="prune_bars")
-    st.plotly_chart(_layers_figure(pruning.plan_table(v.plan)), width="stretch", key="prune_kept")
 
 
 def _layers_figure(table) -> go.Figure:

@@ -89,3 +89,44 @@ def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
     assert jobs.cache_dir() == tmp_path / "elsewhere"
     monkeypatch.delenv(jobs.CACHE_ENV)
     assert jobs.cache_dir().parts[-2:] == (".cache", "dashboard")
+
+
+def _lane_job(started: list, gate: threading.Event, name: str):
+    """A job that waits at ``gate`` (as for the engine), then asks :func:`jobs.wanted` like a what-if."""
+    def compute(progress):
+        gate.wait(10)
+        if not jobs.wanted(jobs.job_key(("lane", name))):
+            raise jobs.Superseded
+        started.append(name)
+        return pd.DataFrame({"x": [name]})
+
+    return compute
+
+
+def test_a_newer_request_in_a_lane_supersedes_the_older_one(dashboard_cache):
+    started, gate = [], threading.Event()
+    lane = ("what-if", "session-1")
+    a = jobs.submit(("lane", "a"), _lane_job(started, gate, "a"), label="a", lane=lane)
+    b = jobs.submit(("lane", "b"), _lane_job(started, gate, "b"), label="b", lane=lane)
+    c = jobs.submit(("lane", "c"), _lane_job(started, gate, "c"), label="c")  # no lane: never superseded
+    assert not jobs.wanted(a.key) and jobs.wanted(b.key) and jobs.wanted(c.key)
+    gate.set()
+    jobs.wait_all(timeout=10)
+    assert sorted(started) == ["b", "c"]  # a was dropped before its expensive part
+    assert jobs.status(a.key) is None  # forgotten, not failed: nothing to show or retry
+    assert jobs.status(b.key).state == "done" and jobs.status(c.key).state == "done"
+    again = jobs.submit(("lane", "a"), _lane_job(started, gate, "a"), label="a", lane=lane)  # back to a: computed
+    jobs.wait(again.key, timeout=10)
+    assert jobs.status(again.key).state == "done" and started[-1] == "a"
+
+
+def test_a_job_another_lane_waits_for_is_not_superseded(dashboard_cache):
+    started, gate = [], threading.Event()
+    one, two = ("what-if", "s1"), ("what-if", "s2")
+    a = jobs.submit(("lane", "a"), _lane_job(started, gate, "a"), label="a", lane=one)
+    jobs.submit(("lane", "a"), _lane_job(started, gate, "a"), label="a", lane=two)  # a second session, same plan
+    jobs.submit(("lane", "b"), _lane_job(started, gate, "b"), label="b", lane=one)  # the first moves on
+    assert jobs.wanted(a.key)  # the second session still waits for it
+    gate.set()
+    jobs.wait_all(timeout=10)
+    assert sorted(started) == ["a", "b"]

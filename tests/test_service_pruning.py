@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from test_service_core import make_assets
@@ -13,6 +14,7 @@ import npdg.service as svc
 from npdg.cost import count_flops, count_params
 from npdg.errors import ConfigError
 from npdg.pruning.physical import prune_model
+from npdg.recipes import zoo
 from npdg.service import compare
 from npdg.service import pruning as pr
 from npdg.service import sensitivity as sens
@@ -305,3 +307,29 @@ def test_shipped_what_if_is_the_computed_one_and_only_for_its_model(assets, tmp_
         (run / pr.SHIPPED_WHAT_IF).write_text(bad)
         svc.clear_caches()
         assert not pr.masked_miou(run, plan, n_images=1).attrs["precomputed"]
+
+
+def test_what_if_job_computes_the_masked_miou_and_a_newer_rate_supersedes(monkeypatch):
+    """The Prune page's background what-if: the frame masked_miou gives, computed once, ready
+    afterwards without a forward; of two requests of one session the older, still waiting for the
+    engine, is dropped (tests/test_service_jobs.py has the lane rules)."""
+    from npdg.service import engine, jobs
+
+    model = zoo.ZOO_DIR / "r18-npdg-sparse"
+    if not (model / "model.safetensors").is_file():
+        pytest.skip("zoo r18-npdg-sparse not shipped")
+    monkeypatch.setattr(pr, "DOMAIN_NAMES", ("source", "fog"))
+    p1 = pr.select_plan(model, criterion="l1norm", rate=0.15, max_layer_ratio=0.6)
+    p2 = pr.select_plan(model, criterion="l1norm", rate=0.2, max_layer_ratio=0.6)
+    assert pr.what_if_ready(model, p1, n_images=1) is None
+    lane = ("what-if", "test-session")
+    with engine():  # both wait for the engine, as behind another session's forward
+        s1 = pr.what_if_job(model, p1, n_images=1, lane=lane)
+        s2 = pr.what_if_job(model, p2, n_images=1, lane=lane)
+        assert s1.state == s2.state == "running"
+    jobs.wait_all(timeout=300)
+    assert jobs.status(s1.key) is None and pr.what_if_ready(model, p1, n_images=1) is None  # dropped
+    frame = pr.job_frame(jobs.status(s2.key))
+    expected = pr.masked_miou(model, p2, domains=("source", "fog"), n_images=1)
+    pd.testing.assert_frame_equal(frame, expected)
+    pd.testing.assert_frame_equal(pr.what_if_ready(model, p2, n_images=1), expected)

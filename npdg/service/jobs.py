@@ -11,6 +11,11 @@ and read :func:`result` when it is done, so widgets keep working while a job run
 function gets a ``progress(done, total, partial=None)`` callback — ``partial``, when given, is what
 it has so far, for pages that fill a figure in progressively (:func:`partial`) — and takes
 :func:`npdg.service.engine` itself where it touches a shared model.
+
+A request made in a ``lane`` (e.g. one browser session's what-if) supersedes that lane's earlier
+request: a job every asker of which has moved on raises :class:`Superseded` at its next
+:func:`wanted` check (before it takes the engine), so a slider dragged over five positions computes
+the one it stopped at, not all five in turn (docs/dashboard.md §4).
 """
 
 from __future__ import annotations
@@ -34,7 +39,11 @@ ProgressFn = Callable[[int, int], None]
 #: Environment variable that moves the cache folder (default: ``.cache/dashboard`` in the repository).
 CACHE_ENV = "NPDG_CACHE"
 _REPO = Path(__file__).resolve().parents[2]
-STATES = ("running", "done", "failed")
+STATES = ("running", "done", "failed", "superseded")
+
+
+class Superseded(Exception):
+    """Raised by a job's compute function when :func:`wanted` says nobody waits for it any more."""
 
 
 def cache_dir() -> Path:
@@ -81,6 +90,7 @@ class _Job:
     finished: float | None = None
     from_disk: bool = False
     partial: Any = None  # what the worker has so far (optional; see ``progress``)
+    cancellable: bool = True  # every asker asked in a lane (see :func:`wanted`)
     event: threading.Event = field(default_factory=threading.Event)
 
 
@@ -104,6 +114,7 @@ class JobStatus:
 
 
 _JOBS: dict[str, _Job] = {}
+_LANES: dict[Hashable, str] = {}  # lane → the key of its latest request
 _LOCK = threading.Lock()
 
 
@@ -124,6 +135,11 @@ def _run(job: _Job, compute: Callable[[ProgressFn], Any], store: Store | None) -
             store.save(value, store.path(job.key))
             _write_settings(store, job)
         job.result, job.state = value, "done"
+    except Superseded:  # nobody waits for it: forgotten, so a later request starts it again
+        job.state = "superseded"
+        with _LOCK:
+            if _JOBS.get(job.key) is job:
+                del _JOBS[job.key]
     except Exception as exc:  # shown in the page; never kills the server
         job.error, job.state = f"{type(exc).__name__}: {exc}", "failed"
     finally:
@@ -152,21 +168,35 @@ def _from_disk(key: str, label: str, store: Store | None) -> _Job | None:
     return job
 
 
-def submit(parts: Hashable, compute: Callable[[ProgressFn], T], *, label: str, store: Store | None = None) -> JobStatus:
+def submit(parts: Hashable, compute: Callable[[ProgressFn], T], *, label: str, store: Store | None = None,
+           lane: Hashable | None = None) -> JobStatus:
     """The job for settings ``parts``: the running or finished one if any session already asked,
-    else the persisted result, else a new worker thread running ``compute(progress)``. A failed job
-    is retried by a new submit."""
+    else the persisted result, else a new worker thread running ``compute(progress)``. A failed or
+    superseded job is started again by a new submit. ``lane``: this request supersedes the lane's
+    earlier one (:func:`wanted`); without a lane the job is never superseded."""
     key = job_key(parts)
     with _LOCK:
+        if lane is not None:
+            _LANES[lane] = key
         job = _JOBS.get(key)
-        if job is not None and job.state != "failed":
+        if job is not None and job.state not in ("failed", "superseded"):
+            job.cancellable = job.cancellable and lane is not None
             return _status(job)
         job = _from_disk(key, label, store)
         if job is None:
-            job = _Job(key, label)
+            job = _Job(key, label, cancellable=lane is not None)
             threading.Thread(target=_run, args=(job, compute, store), name=f"npdg-job-{key}", daemon=True).start()
         _JOBS[key] = job
         return _status(job)
+
+
+def wanted(key: str) -> bool:
+    """Whether anyone still waits for job ``key``: it was asked for without a lane, or it is some
+    lane's latest request. A compute function checks this before its expensive part and raises
+    :class:`Superseded` when it is False."""
+    with _LOCK:
+        job = _JOBS.get(key)
+        return job is None or not job.cancellable or key in _LANES.values()
 
 
 def preset(parts: Hashable, value: Any, *, label: str) -> JobStatus:
@@ -246,5 +276,5 @@ def forget(key: str | None = None) -> None:
                 del _JOBS[k]
 
 
-__all__ = ["CACHE_ENV", "FRAME_STORE", "JobStatus", "STATES", "Store", "cache_dir", "forget", "job_key", "lookup",
-           "partial", "preset", "result", "status", "submit", "wait", "wait_all"]
+__all__ = ["CACHE_ENV", "FRAME_STORE", "JobStatus", "STATES", "Store", "Superseded", "cache_dir", "forget", "job_key",
+           "lookup", "partial", "preset", "result", "status", "submit", "wait", "wait_all", "wanted"]

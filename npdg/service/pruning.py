@@ -11,7 +11,9 @@
   one scene or on a small fixed scene set per domain;
 * :func:`shipped_what_if` / :func:`build_what_if_table` — the page's default what-ifs of a zoo model,
   computed once by ``npdg zoo whatif`` and shipped (:data:`SHIPPED_WHAT_IF`), so a rate on the
-  slider is a lookup instead of a forward (the scores are the same; they are fp32).
+  slider is a lookup instead of a forward (the scores are the same; they are fp32);
+* :func:`what_if_ready` / :func:`what_if_job` — the page's what-if without a forward when it can,
+  else as a background job that a newer rate of the same session supersedes.
 
 Plans are cached by every setting and handed out as copies; predictions and scores by model file
 version, plan hash and settings.
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -319,6 +321,14 @@ def confusions(model, plan, doms, split, n_images, size, progress, part: int = 0
     return cms
 
 
+def _miou_key(model_path, plan, doms, split, n_images, size, used) -> tuple:
+    return ("miou", model_key(model_path), plan_hash(plan), doms, split, n_images, size, used)
+
+
+def _dense_key(model_path, doms, split, n_images, size, used) -> tuple:
+    return ("dense", model_key(model_path), doms, split, n_images, size, used)
+
+
 def masked_miou(
     model_path: str | Path,
     plan: PruningPlan | None,
@@ -329,11 +339,14 @@ def masked_miou(
     size: tuple[int, int] = DEFAULT_SIZE,
     progress: ProgressFn | None = None,
     precision: str = "exact",
+    keep_going: Callable[[], bool] | None = None,
 ) -> pd.DataFrame:
     """mIoU per domain of the dense and the soft-masked model on the first ``n_images`` scenes of
     ``split``: columns ``domain, role, averaged, dense_miou, pruned_miou, delta`` (a new frame).
     ``precision``: ``exact`` (fp32) or ``fast`` (:data:`PRECISIONS`); dense and pruned are computed
-    at the same one, so ``delta`` compares like with like.
+    at the same one, so ``delta`` compares like with like. ``keep_going``: asked once the engine is
+    held, before each forward pass; False raises :class:`npdg.service.jobs.Superseded` (a what-if
+    nobody waits for any more, :func:`what_if_job`).
 
     ``averaged`` marks the domains the held-out mean covers (not the source, not ``suburb``;
     docs/method.md §6). One confusion matrix per domain (``npdg.evaluate.ConfusionMatrix``), the
@@ -345,7 +358,7 @@ def masked_miou(
     if int(n_images) < 1:
         raise ConfigError(f"n_images must be >= 1, got {n_images}")
     used = precision_used(precision)
-    key = ("miou", model_key(model_path), plan_hash(plan), doms, split, int(n_images), tuple(size), used)
+    key = _miou_key(model_path, plan, doms, split, int(n_images), tuple(size), used)
 
     parts = 1 if plan is None or plan.is_empty else 2
 
@@ -353,6 +366,8 @@ def masked_miou(
         from npdg.evaluate import domain_result
 
         with engine():
+            if keep_going is not None and not keep_going():
+                raise jobs.Superseded
             model = shared_model(model_path)
             cms = confusions(model, which, doms, split, int(n_images), tuple(size), progress, part, parts, precision)
         return {d: domain_result(d, cm, int(n_images)).miou for d, cm in cms.items()}
@@ -364,7 +379,7 @@ def masked_miou(
         if shipped is not None:
             dense, pruned = shipped
         else:
-            dense = _SCORES.get(("dense", model_key(model_path), doms, split, int(n_images), tuple(size), used),
+            dense = _SCORES.get(_dense_key(model_path, doms, split, int(n_images), tuple(size), used),
                                 lambda: scores(None, 0))
             pruned = dense if parts == 1 else scores(plan, 1)
         source = next((d for d in doms if DOMAIN_ROLES.get(d) == "source"), None)
@@ -480,16 +495,38 @@ def build_what_if_table(model_path: str | Path, *, rates: Sequence[float] = SLID
             "plans": {p.digest: [c, r] for c, r, p in plans if not p.is_empty}, "scores": scores}
 
 
-def what_if(model_path: str | Path, plan: PruningPlan, *, n_images: int = 2, domains: Sequence[str] | None = None,
-            cost_size: tuple[int, int] = (512, 1024), precision: str = "exact") -> tuple[pd.DataFrame, PlanCost]:
-    """:func:`masked_miou` (at ``precision``) and :func:`plan_cost` of one plan — what the Prune page
-    shows for a rate.
-    (Counting the FLOPs in a second thread during the forwards was measured and gained nothing: the
-    count is Python-bound and contends for the GIL. Prefetching the neighbouring rates in the
-    background was measured too: the next step got faster, every other page slower — on two cores
-    it competes for the CPU — so it is not done; README "Speed in the browser".)"""
-    return (masked_miou(model_path, plan, domains=domains, n_images=n_images, precision=precision),
-            plan_cost(model_path, plan, tuple(cost_size)))
+def what_if_ready(model_path: str | Path, plan: PruningPlan | None, *, n_images: int = 2,
+                  precision: str = "exact") -> pd.DataFrame | None:
+    """:func:`masked_miou` of ``plan`` on the Prune page's scene set when it needs no forward pass —
+    shipped with the model (:func:`shipped_what_if`) or computed before — else None (then
+    :func:`what_if_job` computes it in the background)."""
+    doms, size, n, used = _domains(None), tuple(DEFAULT_SIZE), int(n_images), precision_used(precision)
+    dense_only = plan is None or plan.is_empty
+    if (_miou_key(model_path, plan, doms, "val", n, size, used) in _SCORES
+            or (dense_only and _dense_key(model_path, doms, "val", n, size, used) in _SCORES)
+            or shipped_what_if(model_path, plan, doms, "val", n, size) is not None):
+        return masked_miou(model_path, plan, n_images=n, precision=precision)
+    return None
+
+
+def what_if_job(model_path: str | Path, plan: PruningPlan | None, *, n_images: int = 2, precision: str = "exact",
+                lane: Hashable | None = None) -> jobs.JobStatus:
+    """:func:`masked_miou` of ``plan`` (what the Prune page shows for a rate) as a background job, so
+    the rate slider never waits for a forward pass; its result is the frame. ``lane`` (one browser
+    session): a newer request in the lane supersedes this one if it has not started its forward yet
+    (:func:`npdg.service.jobs.wanted`), so dragging the slider over several positions computes only
+    the last (docs/dashboard.md §4). Not persisted: it is a forward pass, and the in-memory
+    :func:`masked_miou` cache keeps it for the session's next visit."""
+    n, used = int(n_images), precision_used(precision)
+    parts = ("what-if", model_key(model_path), plan_hash(plan), n, used)
+    key = jobs.job_key(parts)
+
+    def compute(progress) -> pd.DataFrame:
+        return masked_miou(model_path, plan, n_images=n, precision=precision, progress=progress,
+                           keep_going=lambda: jobs.wanted(key))
+
+    label = f"what-if mIoU ({n} scenes per domain, {used})"
+    return jobs.submit(parts, compute, label=label, lane=lane)
 
 
 # ==================================================================================================
@@ -687,7 +724,8 @@ def layer_curves_job(model_path: str | Path, criterion: str = "npdg", *, rates: 
 
 
 def job_frame(status) -> pd.DataFrame | None:
-    """The finished table of a :func:`curve_job` / :func:`layer_curves_job` (a copy), or None."""
+    """The finished table of a :func:`curve_job`, :func:`layer_curves_job` or :func:`what_if_job`
+    (a copy), or None."""
     frame = None if status is None else jobs.result(status.key)
     return None if frame is None else frame.copy()
 
@@ -892,4 +930,5 @@ __all__ = ["CURVE_COLUMNS", "CURVE_RATES", "DEFAULT_SIZE", "DROP_CHOICES", "EXPO
            "curve_job", "curve_pairs", "curve_settings", "export_dir", "export_job", "export_zip", "finetune_command",
            "finetune_dir", "finetune_job", "job_frame", "stop_finetune",
            "PRECISIONS", "amp_of", "precision_used", "layer_curves_job", "masked_miou", "masked_predictions", "model_facts", "plan_cost", "plan_table",
-           "prunable_groups", "save_as_run", "scene_set", "select_plan", "shipped_curves", "soft_logits", "what_if"]
+           "prunable_groups", "save_as_run", "scene_set", "select_plan", "shipped_curves", "soft_logits", "what_if_job",
+           "what_if_ready"]
