@@ -116,6 +116,9 @@ SESSION = {
 }
 
 
+#: Width of the printed labels (the longest: a Prune interaction's "→ mIoU shown" line).
+W = 58
+
 #: Seconds Playwright itself spent per interaction between being asked to act and the input
 #: reaching the page (call → done minus input → done), reported once so the figures can be compared
 #: with those measured from the call.
@@ -179,7 +182,7 @@ def main() -> None:
             page.wait_for_selector(IDLE, timeout=300_000)
             if first:
                 cold = time.perf_counter() - t_start
-                print(f"{'cold start (process start → first page drawn)':<46} {cold:6.2f} s  (healthy after "
+                print(f"{'cold start (process start → first page drawn)':<{W}} {cold:6.2f} s  (healthy after "
                       f"{healthy:.2f} s)  {'ok' if cold <= 10 else 'SLOW (target 10 s)'}", flush=True)
                 first = False
             pages[name] = page
@@ -214,18 +217,18 @@ def main() -> None:
     for name, times in samples.items():
         med, p95 = _stats(times)
         worst = max(worst, p95)
-        print(f"{name:<46} median {med:6.3f} s  p95 {p95:6.3f} s  n={len(times):<3} "
+        print(f"{name:<{W}} median {med:6.3f} s  p95 {p95:6.3f} s  n={len(times):<3} "
               f"{'ok' if p95 <= 1.0 else 'SLOW (target 1 s)'}", flush=True)
-    print(f"{'(Playwright before the input reached the page)':<46} median {statistics.median(HARNESS):6.3f} s  "
+    print(f"{'(Playwright before the input reached the page)':<{W}} median {statistics.median(HARNESS):6.3f} s  "
           "— not counted above; older figures in the README include it")
     growth = 100 * (rss1 / rss0 - 1)
-    print(f"{'server RSS after warm-up → after interactions':<46} {rss0:7.1f} MB → {rss1:7.1f} MB  ({growth:+.1f} %)  "
+    print(f"{'server RSS after warm-up → after interactions':<{W}} {rss0:7.1f} MB → {rss1:7.1f} MB  ({growth:+.1f} %)  "
           f"{'ok' if growth <= 10 else 'GROWS (target ≤ 10 %)'}")
     print(f"console errors: {errors or 'none'}")
     if args.raw:
         print("raw samples (t since the first measured interaction, interaction, seconds):")
         for t, label, seconds in raw:
-            print(f"  {t:7.2f}  {label:<46} {seconds:.3f}")
+            print(f"  {t:7.2f}  {label:<{W}} {seconds:.3f}")
 
 
 if __name__ == "__main__":
