@@ -4,7 +4,7 @@
 running one as ``st.status`` + progress inside a fragment that polls every half second — the rest
 of the page (and every other widget) stays usable, and when the job finishes the whole page reruns
 once to show the result. Another browser session asking for the same job follows the same worker.
-:func:`follow_brief` is the same for a job a widget starts and that takes about a second (the Prune
+:func:`follow` with ``brief=True`` is the same for a job a widget starts and that takes about a second (the Prune
 page's what-if): one progress line polled five times a second; :func:`lane` names this browser
 session's lane, so its newer request supersedes its older one (:func:`npdg.service.jobs.submit`).
 """
@@ -20,7 +20,7 @@ import streamlit as st
 from npdg.service import jobs
 
 POLL_SECONDS = 0.5
-#: How often :func:`follow_brief` looks (a what-if takes ~0.3–1.5 s on a 2-core CPU).
+#: How often :func:`follow` with ``brief=True`` looks (a what-if takes ~0.3–1.5 s on a 2-core CPU).
 BRIEF_POLL_SECONDS = 0.2
 
 
@@ -38,22 +38,27 @@ def _poll(key: str, what: str, unit: str, draw_partial: Callable[[Any], None] | 
         draw_partial(found)
 
 
-def follow(status: jobs.JobStatus | None, what: str, retry_key: str, *, unit: str = "steps",
-           draw_partial: Callable[[Any], None] | None = None) -> bool:
-    """Render ``status``; True when its result is ready. A failed job shows its error and a retry
-    button (``retry_key``) that forgets it, so the next run submits it again. While it runs,
-    ``draw_partial(partial)`` draws what the worker has so far (inside the polling fragment)."""
+def follow(status: jobs.JobStatus | None, what: str, retry_key: str | None = None, *, unit: str = "steps",
+           draw_partial: Callable[[Any], None] | None = None, brief: bool = False) -> bool:
+    """Render ``status``; True when its result is ready. A failed job shows its error and, with a
+    ``retry_key``, a retry button that forgets it, so the next run submits it again (without one,
+    the next rerun does). While it runs, ``draw_partial(partial)`` draws what the worker has so far
+    (inside the polling fragment). ``brief``: a short job a widget started (the Prune page's
+    what-if) — one progress line polled every :data:`BRIEF_POLL_SECONDS` instead of a status box."""
     if status is None:
         return False
     if status.state == "done":
         return True
     if status.state == "failed":
         st.error(f"{what} failed: {status.error}")
-        if st.button("Retry", key=retry_key, help="Forget the failed job and start it again."):
+        if retry_key is not None and st.button("Retry", key=retry_key, help="Forget the failed job and start it again."):
             jobs.forget(status.key)
             st.rerun()
         return False
-    _poll(status.key, what, unit, draw_partial)
+    if brief:
+        _poll_brief(status.key, what, unit)
+    else:
+        _poll(status.key, what, unit, draw_partial)
     return False
 
 
@@ -69,17 +74,3 @@ def _poll_brief(key: str, what: str, unit: str) -> None:
         st.rerun(scope="app")
     done = f"{status.done}/{status.total} {unit}" if status.total else "waiting for the engine"
     st.progress(status.fraction, text=f"{what}: {done} · {status.elapsed:.1f} s (the widgets keep working)")
-
-
-def follow_brief(status: jobs.JobStatus | None, what: str, *, unit: str = "images") -> bool:
-    """Like :func:`follow` for a short job a widget started: True when its result is ready; a
-    failed one shows its error (the next rerun submits it again); a running one, a progress line."""
-    if status is None:
-        return False
-    if status.state == "done":
-        return True
-    if status.state == "failed":
-        st.error(f"{what} failed: {status.error}")
-        return False
-    _poll_brief(status.key, what, unit)
-    return False

@@ -175,7 +175,7 @@ def _what_if(v: View) -> None:
     if scores is None:
         status = pruning.what_if_job(v.model.path, v.plan, n_images=v.n_scenes, precision=v.precision,
                                      lane=jobs_ui.lane("prune-what-if"))
-        if jobs_ui.follow_brief(status, f"Soft-masked mIoU at r = {v.rate:.2f}"):
+        if jobs_ui.follow(status, f"Soft-masked mIoU at r = {v.rate:.2f}", unit="images", brief=True):
             scores = pruning.job_frame(status)
     context = (v.model.id, v.n_scenes, v.precision)
     if scores is not None:
