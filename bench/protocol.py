@@ -68,7 +68,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from npdg.data.corruptions import CORRUPTIONS, CorruptedDataset  # noqa: E402
+from npdg.data.corruptions import CORRUPTIONS, DISTINCT, CorruptedDataset  # noqa: E402
 from npdg.data.synthetic import SyntheticDataset, domain_names  # noqa: E402
 from npdg.recipes.modes import CRITERIA  # noqa: E402
 from npdg.runs import atomic_write_json  # noqa: E402
@@ -102,6 +102,7 @@ ROW_PATTERN = re.compile(r"^(?P<crit>npdg_unary|npdg_binary|npdg|slimming|l1norm
                          r"(?:_lam(?P<lam>[01](?:\.\d+)?))?(?:_r(?P<rate>0\.\d+))?(?:_ls(?P<ls>\d+(?:\.\d+)?))?$")
 HELDOUT = tuple(domain_names("heldout"))
 CORRUPT = tuple(f"corrupt_{c}" for c in CORRUPTIONS)
+CORRUPT_DISTINCT = tuple(f"corrupt_{c}" for c in DISTINCT)
 REFERENCE = "dsp_budget"
 
 
@@ -367,16 +368,18 @@ def settings_of(args) -> dict:
             "dsp_step_given": args.dsp_step}
 
 
+def ms(vals: list[float], scale: float = 100.0, digits: int = 1) -> str:
+    """``mean ± sample std`` (ddof 1) of ``scale × vals``; the value alone for one seed."""
+    v = scale * np.asarray(vals, dtype=float)
+    return f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}" if len(v) > 1 else f"{v[0]:.{digits}f}"
+
+
 def table(results: dict[str, list[dict]], args) -> str:
     """Markdown: per-domain mean ± std over seeds (sample std, ddof 1), the means, the bootstrap interval
     vs dsp_budget, costs (GFLOPs and batch-1 CPU latency at the cost size, as ``npdg cost`` measured)."""
     cols = ["source", *HELDOUT, "held-out", "Δ vs dsp_budget [95 % CI]", "corruptions", "Δ corr. [95 % CI]",
             "suburb", "GFLOPs", "params (M)", "CPU ms (b1)", "BN \\|γ\\| std"]
     lines = ["| row | seeds | " + " | ".join(cols) + " |", "|---" * (len(cols) + 2) + "|"]
-
-    def ms(vals: list[float], scale: float = 100.0, digits: int = 1) -> str:
-        v = scale * np.asarray(vals, dtype=float)
-        return f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}" if len(v) > 1 else f"{v[0]:.{digits}f}"
 
     ref = results.get(REFERENCE) or [json.loads(f.read_text()) for s in args.seeds  # e.g. for the ablations
                                       if (f := args.results / f"{REFERENCE}_s{s}.json").is_file()]
@@ -395,6 +398,20 @@ def table(results: dict[str, list[dict]], args) -> str:
         cells.append(ms([r["gamma_abs_std"] for r in rs], 1.0, 3))
         lines.append(f"| {row} | {len(rs)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def corruption_table(results: dict[str, list[dict]]) -> str:
+    """Markdown: mIoU of every corruption domain (the second, independent shift), mean ± std over seeds;
+    the mean of the six (``corrupt_mean``, as recorded) and of the five distinct ones (``hue`` repeats
+    ``channels``: npdg.data.corruptions)."""
+    lines = ["| row | seeds | " + " | ".join(c.removeprefix("corrupt_") for c in CORRUPT)
+             + " | mean of 6 | mean of the 5 distinct (no hue) |", "|---" * (len(CORRUPT) + 4) + "|"]
+    for row, rs in results.items():
+        if rs:
+            cells = [ms([r["miou"][d] for r in rs]) for d in CORRUPT] + [ms([r["corrupt_mean"] for r in rs])]
+            cells.append(ms([np.mean([r["miou"][d] for d in CORRUPT_DISTINCT]) for r in rs]))
+            lines.append(f"| {row} | {len(rs)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) if len(lines) > 2 else ""
 
 
 def stage_table(results: dict[str, list[dict]], args) -> str:
@@ -631,6 +648,8 @@ def main() -> None:
                 continue
             results.setdefault(row, []).append(do_row(row, seed, args))
     text = table({r: results.get(r, []) for r in args.rows}, args)
+    corrupt = corruption_table({r: results.get(r, []) for r in args.rows})
+    text += ("\n\nPer corruption domain (test split):\n\n" + corrupt) if corrupt else ""
     stages = stage_table({r: results.get(r, []) for r in args.rows}, args)
     text += ("\n\nShare of the units pruned per stage:\n\n" + stages) if stages else ""
     print(text)

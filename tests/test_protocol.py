@@ -78,6 +78,18 @@ def test_table_gives_mean_and_sample_std_over_seeds_and_the_latency(protocol, tm
     assert cells[3 + 1 + len(protocol.HELDOUT)] == "–"  # no dsp_budget runs: no interval
 
 
+def test_corruption_table_gives_each_corruption_domain_over_seeds(protocol):
+    def result(seed: int, jpeg: float) -> dict:
+        miou = dict.fromkeys(protocol.CORRUPT, 0.2) | {"corrupt_jpeg": jpeg}
+        return {"row": "dsp", "seed": seed, "miou": miou, "corrupt_mean": 0.2 + (jpeg - 0.2) / len(protocol.CORRUPT)}
+
+    header, _, row = protocol.corruption_table({"dsp": [result(0, 0.30), result(1, 0.34)], "npdg": []}).splitlines()
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert header.split("|")[3].strip() == "jpeg" and cells[:4] == ["dsp", "2", "32.0 ± 2.8", "20.0 ± 0.0"]
+    assert cells[-1] == "22.4 ± 0.6"  # the five distinct: (0.30 + 4 × 0.2) / 5 and (0.34 + 0.8) / 5
+    assert protocol.corruption_table({"npdg": []}) == ""
+
+
 def test_lambda_s_rows_scale_the_rule_for_a_sparse_criterion_only(protocol, monkeypatch, tmp_path):
     import argparse
 

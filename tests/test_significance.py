@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from npdg.data.corruptions import CORRUPTIONS, CorruptedDataset, corrupt
+from npdg.data.corruptions import CORRUPTIONS, DISTINCT, CorruptedDataset, corrupt
 from npdg.data.synthetic import SyntheticDataset, render_scene
 from npdg.errors import ConfigError
 from npdg.evaluate import ConfusionMatrix
@@ -37,6 +37,21 @@ def test_every_corruption_keeps_the_labels_and_changes_the_image():
         corrupt(image, "fog", None)
     with pytest.raises(ConfigError):
         CorruptedDataset("jpeg", "test", SIZE, length=0)
+
+
+def test_hue_is_the_channel_permutation_up_to_rounding_so_the_set_has_five_distinct_shifts():
+    """A known flaw, documented in npdg.data.corruptions: a 120° HSV hue rotation maps R → G → B → R,
+    which is the BRG permutation, so ``hue`` repeats ``channels`` (and DISTINCT leaves it out)."""
+    image, _ = render_scene("source", "test", 3, SIZE)
+    diff = np.abs(corrupt(image, "hue", None).astype(int) - corrupt(image, "channels", None).astype(int))
+    assert diff.mean() < 1.5 and diff.max() <= 8
+    assert "hue" not in DISTINCT and set(DISTINCT) == set(CORRUPTIONS) - {"hue"}
+    for a in DISTINCT:  # the five kept ones really differ from one another
+        for b in DISTINCT:
+            if a < b:
+                d = np.abs(corrupt(image, a, np.random.default_rng(0)).astype(int)
+                           - corrupt(image, b, np.random.default_rng(0)).astype(int)).mean()
+                assert d > 2, (a, b)
 
 
 class _Fixed(nn.Module):
