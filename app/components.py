@@ -27,7 +27,7 @@ def device_badge() -> None:
     """Where the engine computes (GPU or CPU), and whether it is busy with another request."""
     info = device_info()
     busy = " · busy" if is_busy() else ""
-    st.caption(f"{'⚡' if info.kind == 'cuda' else '🖥️'} {info.label}{busy}")
+    st.caption(f"{':material/bolt:' if info.kind == 'cuda' else ':material/computer:'} {info.label}{busy}")
 
 
 def error_box(exc: Exception) -> None:
@@ -85,5 +85,5 @@ def unit_links(model_id: str, layer: str, units: list[int], hint: str, **extra: 
                 "top patches, partners):")
     cols = st.columns(min(len(shown), 8))
     for i, u in enumerate(shown):
-        cols[i % len(cols)].page_link(nav.page("unit"), label=f"unit {u}", icon="🔬",
+        cols[i % len(cols)].page_link(nav.page("unit"), label=f"unit {u}", icon=":material/biotech:",
                                       query_params=nav.unit_link(model_id, layer, u, **extra))

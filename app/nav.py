@@ -10,22 +10,23 @@ from __future__ import annotations
 import streamlit as st
 
 #: section → [(script relative to app/, title, icon, url_path)] in menu order; the first is the default.
+#: Icons are Material Symbols, a font Streamlit ships (emoji need a colour-emoji font the machine may lack).
 SECTIONS: dict[str, list[tuple[str, str, str, str]]] = {
     "Explore": [
-        ("../pages/data.py", "Data", "🏙️", "data"),
-        ("../pages/styles.py", "Styles", "🎨", "styles"),
-        ("../pages/sensitivity.py", "Sensitivity", "🌡️", "sensitivity"),
+        ("../pages/data.py", "Data", ":material/location_city:", "data"),
+        ("../pages/styles.py", "Styles", ":material/palette:", "styles"),
+        ("../pages/sensitivity.py", "Sensitivity", ":material/thermostat:", "sensitivity"),
     ],
     "Prune": [
-        ("../pages/prune.py", "Prune", "✂️", "prune"),
-        ("../pages/compare.py", "Compare", "⚖️", "compare"),
+        ("../pages/prune.py", "Prune", ":material/content_cut:", "prune"),
+        ("../pages/compare.py", "Compare", ":material/balance:", "compare"),
     ],
     "Inspect": [
-        ("../pages/explain.py", "Explain", "🔦", "explain"),
-        ("../pages/unit.py", "Unit", "🔬", "unit"),
+        ("../pages/explain.py", "Explain", ":material/flashlight_on:", "explain"),
+        ("../pages/unit.py", "Unit", ":material/biotech:", "unit"),
     ],
     "Learn": [
-        ("../pages/guide.py", "Guide", "🧭", "guide"),
+        ("../pages/guide.py", "Guide", ":material/explore:", "guide"),
     ],
 }
 

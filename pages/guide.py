@@ -22,7 +22,7 @@ step = guide.STEPS[number - 1]
 
 st.subheader(step.title)
 st.markdown(step.text)
-st.page_link(nav.page(step.page), label=step.link_label, icon="➡️", query_params=step.query)
+st.page_link(nav.page(step.page), label=step.link_label, icon=":material/arrow_forward:", query_params=step.query)
 if step.try_this:
     st.caption(f"Try this: {step.try_this}")
 

@@ -96,7 +96,7 @@ def _scores() -> None:
                     "averages) — open one:")
         cols = st.columns(len(info.partners))
         for col, (j, r) in zip(cols, info.partners):
-            col.page_link(nav.page("unit"), label=f"unit {j} · |R| {r:.2f}", icon="🔗",
+            col.page_link(nav.page("unit"), label=f"unit {j} · |R| {r:.2f}", icon=":material/link:",
                           query_params=nav.unit_link(model.id, layer, j, scene=str(int(scene)), src=src_label))
 
 
