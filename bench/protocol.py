@@ -16,6 +16,8 @@ Rows, for every seed (docs/method.md §9):
   ``ablations.png`` (held-out, corruption and source mIoU against λ and r);
 - the sparsity-weight study (``--rows lambda_s``): ``npdg_ls0.25``, ``slimming_ls0.25``,
   ``npdg_ls0.1``, ``slimming_ls0.1`` — λ_s a quarter and a tenth of the rule's (``lambda_s.md``).
+- the probe study (``--rows probe``): ``npdg_rf1`` (the first probe's weights throughout),
+  ``npdg_rf16`` (16 probes instead of 4) and ``npdg_pi32`` (32 probe images instead of 8) — ``probe.md``.
 
 Every pruned row also records the share of units it pruned per stage (stem, layer1–4 / block1–4,
 decoder; the table's second part): the paper notes NPDG prunes mostly shallow layers.
@@ -97,9 +99,14 @@ ABLATION_ROWS = LAMBDA_ROWS + RATE_ROWS
 #: the γ-shrink rule's (``_lsX`` scales the rule's λ_s by X; a sparse criterion only). Does a gentler
 #: sparse phase keep the source the full-strength one loses, and does npdg then gain on held-out?
 LS_ROWS = ("npdg_ls0.25", "slimming_ls0.25", "npdg_ls0.1", "slimming_ls0.1")
-ROW_GROUPS = {"ablations": ABLATION_ROWS, "lambda_s": LS_ROWS}
+#: The probe study (``--rows probe``): how often the sparse training re-probes the sensitivity weights
+#: (``_rfN``: N times; the default is 4, ``_rf1`` keeps the first probe's weights throughout) and on how
+#: many source images (``_piN``; default 8) — does a fresher or larger probe make npdg prune better?
+PROBE_ROWS = ("npdg_rf1", "npdg_rf16", "npdg_pi32")
+ROW_GROUPS = {"ablations": ABLATION_ROWS, "lambda_s": LS_ROWS, "probe": PROBE_ROWS}
 ROW_PATTERN = re.compile(r"^(?P<crit>npdg_unary|npdg_binary|npdg|slimming|l1norm|random)"
-                         r"(?:_lam(?P<lam>[01](?:\.\d+)?))?(?:_r(?P<rate>0\.\d+))?(?:_ls(?P<ls>\d+(?:\.\d+)?))?$")
+                         r"(?:_lam(?P<lam>[01](?:\.\d+)?))?(?:_r(?P<rate>0\.\d+))?(?:_ls(?P<ls>\d+(?:\.\d+)?))?"
+                         r"(?:_rf(?P<refresh>\d+))?(?:_pi(?P<probe>\d+))?$")
 HELDOUT = tuple(domain_names("heldout"))
 CORRUPT = tuple(f"corrupt_{c}" for c in CORRUPTIONS)
 CORRUPT_DISTINCT = tuple(f"corrupt_{c}" for c in DISTINCT)
@@ -118,7 +125,20 @@ def parse_row(row: str) -> tuple[str, float | None, float | None]:
     if m["ls"] is not None and (lam is not None or rate is not None or m["crit"] not in SPARSE_CRITERIA
                                 or not 0 < float(m["ls"]) <= 10):
         raise ValueError(f"{row!r}: _lsX scales λ_s (0 < X <= 10) of a sparse criterion, alone")
+    probe = [k for k in ("refresh", "probe") if m[k] is not None]
+    if probe and (len(probe) > 1 or lam is not None or rate is not None or m["ls"] is not None
+                  or not m["crit"].startswith("npdg") or m["probe"] is not None and int(m["probe"]) < 1):
+        raise ValueError(f"{row!r}: _rfN (probe refreshes) and _piN (probe images >= 1) vary an npdg criterion, alone")
     return m["crit"], lam, rate
+
+
+def probe_flags(row: str) -> list[str]:
+    """The ``npdg prune`` flags of an ``_rfN`` / ``_piN`` row (none for every other row)."""
+    m = ROW_PATTERN.match(row)
+    if m is None:
+        return []
+    return ([] if m["refresh"] is None else ["--refresh", m["refresh"]]) + \
+        ([] if m["probe"] is None else ["--probe-images", m["probe"]])
 
 
 def lambda_scale(row: str) -> float:
@@ -169,7 +189,7 @@ def prune(row: str, seed: int, args, out: Path, base: Path) -> dict[str, float]:
         cmd += ["--sparse-iters", str(args.sparse_iters), "--lambda-s", str(lambda_s(args) * lambda_scale(row))]
     if lam is not None:
         cmd += ["--lam", str(lam)]
-    return run(cmd)
+    return run(cmd + probe_flags(row))
 
 
 def base_of(row: str, seed: int, args) -> Path:

@@ -243,6 +243,10 @@ class PruneConfig:
     #: λ mixing unary and binary sensitivity in the sparse training's weights (None → ``sparsity.lam``;
     #: npdg_unary / npdg_binary force 1 / 0).
     lam: float | None = num(None, 0, 1)
+    #: How many times the sparse training recomputes the sensitivity weights (None → ``sparsity.refresh``).
+    refresh: int | None = num(None, 0)
+    #: Source images of each of its sensitivity probes (None → ``sparsity.probe_images``).
+    probe_images: int | None = num(None, 1)
     #: Fine-tuning learning rate (None → ``train.lr``).
     lr: float | None = num(None, 0, lo_open=True)
     #: Kept channels per coupling group: a multiple of this, and at least this many.

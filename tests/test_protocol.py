@@ -109,6 +109,24 @@ def test_lambda_s_rows_scale_the_rule_for_a_sparse_criterion_only(protocol, monk
     assert float(flags[flags.index("--lambda-s") + 1]) == pytest.approx(0.1 * 0.05 * 60 / 200)
 
 
+def test_probe_rows_pass_the_refresh_count_or_the_probe_size_of_npdg_alone(protocol, monkeypatch, tmp_path):
+    import argparse
+
+    assert all(protocol.parse_row(r) == ("npdg", None, None) for r in protocol.PROBE_ROWS)
+    for bad in ("slimming_rf1", "l1norm_pi32", "npdg_rf4_pi32", "npdg_ls0.25_rf1", "npdg_r0.1_rf1", "npdg_pi0"):
+        with pytest.raises(ValueError):
+            protocol.parse_row(bad)
+    assert protocol.probe_flags("npdg") == [] and protocol.probe_flags("npdg_rf16") == ["--refresh", "16"]
+    seen = []
+    monkeypatch.setattr(protocol, "run", lambda cmd: seen.append(cmd) or {"wall_s": 0.0, "cpu_s": 0.0})
+    args = argparse.Namespace(rate=0.3, finetune_iters=200, sparse_iters=200, lambda_s="auto", dsp="assets/dsp_tiny",
+                              device="cpu", units="all")
+    protocol.prune("npdg_pi32", 0, args, tmp_path / "r", tmp_path / "base")
+    flags = seen[0]
+    assert flags[flags.index("--probe-images") + 1] == "32" and "--refresh" not in flags
+    assert flags[flags.index("--criterion") + 1] == "npdg" and "--sparse-iters" in flags
+
+
 def test_bootstrap_intervals_come_from_the_kept_scenes_without_the_run_folders(protocol, tmp_path):
     """Each run's per-scene confusions are copied next to its JSON, so the table's intervals survive a
     fresh machine (the git-ignored run folders gone)."""

@@ -74,12 +74,15 @@ def test_npdg_with_sparse_training_and_dsp_finetune(tmp_path, capsys):
     out = tmp_path / "npdg"
     rc = prune_main(["--run", str(run), "--out", str(out), "--criterion", "npdg", "--rate", "0.3",
                      "--sparse-iters", "2", "--finetune-iters", "1", "--lambda-s", "0.5", "--lam", "0.8",
+                     "--refresh", "2", "--probe-images", "3",
                      "--dsp", str(dsp), "--cost-size", "64x64", "--cost-repeats", "1", "--device", "cpu"])
     assert rc == 0, capsys.readouterr().err
     from npdg.config import load_config
 
     assert load_config(out / "sparse" / "config.yaml").sparsity.lam == 0.8  # --lam reached the sparse phase
     assert load_config(out / "config.yaml").prune.lam == 0.8
+    sparsity = load_config(out / "sparse" / "config.yaml").sparsity  # so did --refresh and --probe-images
+    assert (sparsity.refresh, sparsity.probe_images) == (2, 3)
     summary = json.loads((out / "prune.json").read_text())
     assert summary["sparse_iters"] == 2 and summary["dsp"] == str(dsp) and summary["warnings"] == []
     assert sorted(p.name for p in (out / "sparse" / "sensitivity").glob("*.csv"))  # the probe ran

@@ -42,6 +42,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--lambda-s", type=float, metavar="L", help="sparsity weight (default: the run config's)")
     p.add_argument("--lam", type=float, metavar="λ",
                    help="unary/binary mix of the sensitivity weights, in [0, 1] (default: the run config's sparsity.lam)")
+    p.add_argument("--refresh", type=int, metavar="N",
+                   help="times the npdg sparse training recomputes the sensitivity weights (default: the run config's)")
+    p.add_argument("--probe-images", type=int, metavar="N",
+                   help="source images of each sensitivity probe of the sparse training (default: the run config's)")
     p.add_argument("--lr", type=float, metavar="LR", help="fine-tuning learning rate (default: the run config's)")
     p.add_argument("--round-to", type=int, default=D.round_to, metavar="N", help="kept channels per group: multiple of N, at least N")
     p.add_argument("--max-layer-ratio", type=float, default=D.max_layer_ratio, metavar="F", help="at most this fraction of a group is pruned")
@@ -64,7 +68,8 @@ def prune_config(args: argparse.Namespace) -> PruneConfig:
     dsp = None if str(args.dsp).lower() == "none" else str(args.dsp)
     return PruneConfig(
         criterion=args.criterion, rate=rate, threshold=threshold, sparse_iters=args.sparse_iters,
-        finetune_iters=args.finetune_iters, lambda_s=args.lambda_s, lam=args.lam, lr=args.lr, round_to=args.round_to,
+        finetune_iters=args.finetune_iters, lambda_s=args.lambda_s, lam=args.lam,
+        refresh=args.refresh, probe_images=args.probe_images, lr=args.lr, round_to=args.round_to,
         max_layer_ratio=args.max_layer_ratio, cost_size=parse_size(args.cost_size), cost_repeats=args.cost_repeats,
         seed=args.seed, units=args.units, dsp=dsp,
     )

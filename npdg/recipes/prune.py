@@ -104,8 +104,11 @@ def prune_run(run_dir: str | Path, out_dir: str | Path, prune: PruneConfig | Non
         sparse_dir = out.root / SPARSE_DIR
         log(f"sparse training ({crit.sparse_mode}, {p.sparse_iters} iterations) → {sparse_dir}")
         ls = p.lambda_s if p.lambda_s is not None else cfg.sparsity.lambda_s
+        probe = () if p.probe_images is None else (f"sparsity.probe_images={p.probe_images}",)
         source = sparse_train(run_dir, sparse_dir, crit.sparse_mode, p.sparse_iters, dsp, ls,
-                              refresh=cfg.sparsity.refresh, lam=cfg.sparsity.lam if p.lam is None else p.lam, device=device, progress=progress)
+                              refresh=cfg.sparsity.refresh if p.refresh is None else p.refresh,
+                              lam=cfg.sparsity.lam if p.lam is None else p.lam, device=device, progress=progress,
+                              overrides=probe)
     elif crit.sparse_mode is not None and cfg.train.mode != crit.sparse_mode:
         warnings.append(f"criterion {p.criterion!r} without sparse training (--sparse-iters 0) on a {cfg.train.mode!r} "
                         "run: γ is used as it is, not sparse-trained")
