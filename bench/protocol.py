@@ -16,7 +16,8 @@ Rows, for every seed (docs/method.md §9):
   ``ablations.png`` (held-out, corruption and source mIoU against λ and r);
 - the sparsity-weight study (``--rows lambda_s``): ``npdg_ls0.25``, ``slimming_ls0.25``,
   ``npdg_ls0.1``, ``slimming_ls0.1`` — λ_s a quarter and a tenth of the rule's (``lambda_s.md``).
-- the probe study (``--rows probe``): ``npdg_rf1`` (the first probe's weights throughout),
+- the probe study (``--rows probe``): ``npdg_rf4`` (the default, as the control from the same
+  base), ``npdg_rf1`` (the first probe's weights throughout),
   ``npdg_rf16`` (16 probes instead of 4) and ``npdg_pi32`` (32 probe images instead of 8) — ``probe.md``.
 
 Every pruned row also records the share of units it pruned per stage (stem, layer1–4 / block1–4,
@@ -102,7 +103,8 @@ LS_ROWS = ("npdg_ls0.25", "slimming_ls0.25", "npdg_ls0.1", "slimming_ls0.1")
 #: The probe study (``--rows probe``): how often the sparse training re-probes the sensitivity weights
 #: (``_rfN``: N times; the default is 4, ``_rf1`` keeps the first probe's weights throughout) and on how
 #: many source images (``_piN``; default 8) — does a fresher or larger probe make npdg prune better?
-PROBE_ROWS = ("npdg_rf1", "npdg_rf16", "npdg_pi32")
+#: ``npdg_rf4`` is the default again, the control made in the same sitting from the same base.
+PROBE_ROWS = ("npdg_rf4", "npdg_rf1", "npdg_rf16", "npdg_pi32")
 ROW_GROUPS = {"ablations": ABLATION_ROWS, "lambda_s": LS_ROWS, "probe": PROBE_ROWS}
 ROW_PATTERN = re.compile(r"^(?P<crit>npdg_unary|npdg_binary|npdg|slimming|l1norm|random)"
                          r"(?:_lam(?P<lam>[01](?:\.\d+)?))?(?:_r(?P<rate>0\.\d+))?(?:_ls(?P<ls>\d+(?:\.\d+)?))?"
