@@ -72,5 +72,5 @@ def _poll_brief(key: str, what: str, unit: str) -> None:
     status = jobs.status(key)
     if status is None or status.state != "running":
         st.rerun(scope="app")
-    done = f"{status.done}/{status.total} {unit}" if status.total else "waiting for the engine"
+    done = f"{status.done}/{status.total} {unit}" if status.total else "starting"
     st.progress(status.fraction, text=f"{what}: {done} · {status.elapsed:.1f} s (the widgets keep working)")
