@@ -120,6 +120,15 @@ def test_a_newer_request_in_a_lane_supersedes_the_older_one(dashboard_cache):
     assert jobs.status(again.key).state == "done" and started[-1] == "a"
 
 
+def test_lanes_are_bounded_least_recently_used_first(dashboard_cache, monkeypatch):
+    monkeypatch.setattr(jobs, "MAX_LANES", 3)
+    monkeypatch.setattr(jobs, "_LANES", {})
+    for i in range(5):
+        jobs.submit(("bound", i), lambda progress: None, label="x", lane=("lane", i % 4))
+    assert list(jobs._LANES) == [("lane", 2), ("lane", 3), ("lane", 0)]  # lane 0 asked again last; 1 dropped
+    jobs.wait_all(timeout=10)
+
+
 def test_a_job_another_lane_waits_for_is_not_superseded(dashboard_cache):
     started, gate = [], threading.Event()
     one, two = ("what-if", "s1"), ("what-if", "s2")

@@ -114,7 +114,9 @@ class JobStatus:
 
 
 _JOBS: dict[str, _Job] = {}
-_LANES: dict[Hashable, str] = {}  # lane → the key of its latest request
+_LANES: dict[Hashable, str] = {}  # lane → the key of its latest request (most recently asked last)
+#: Lanes remembered at most (one per browser session and page): the least recently used is dropped.
+MAX_LANES = 1024
 _LOCK = threading.Lock()
 
 
@@ -177,7 +179,10 @@ def submit(parts: Hashable, compute: Callable[[ProgressFn], T], *, label: str, s
     key = job_key(parts)
     with _LOCK:
         if lane is not None:
+            _LANES.pop(lane, None)
             _LANES[lane] = key
+            while len(_LANES) > MAX_LANES:
+                del _LANES[next(iter(_LANES))]
         job = _JOBS.get(key)
         if job is not None and job.state not in ("failed", "superseded"):
             job.cancellable = job.cancellable and lane is not None
