@@ -35,7 +35,7 @@ latency, the spread of BN |γ|, and the wall and CPU time of the training comman
 counts only its last part).
 
 Resumable: a finished run (its results JSON present) is skipped; an interrupted training resumes
-from its last checkpoint. A base the prune rows need whose run folder is gone (a fresh machine) is
+from its last checkpoint; a prune row that finished but was not scored is scored, not made again. A base the prune rows need whose run folder is gone (a fresh machine) is
 retrained, and the log says whether the retraining reproduced its recorded result. Runs go under ``--out`` (git-ignored). Presets:
 
 - ``cpu`` (default): 64×128, base 800, sparse 200, fine-tune 200 iterations, 3 seeds — about
@@ -113,6 +113,8 @@ HELDOUT = tuple(domain_names("heldout"))
 CORRUPT = tuple(f"corrupt_{c}" for c in CORRUPTIONS)
 CORRUPT_DISTINCT = tuple(f"corrupt_{c}" for c in DISTINCT)
 REFERENCE = "dsp_budget"
+#: The per-scene confusions ``score`` writes into a run folder (and copies next to the results JSON).
+SCENES = "scenes.npz"
 
 
 def parse_row(row: str) -> tuple[str, float | None, float | None]:
@@ -191,7 +193,33 @@ def prune(row: str, seed: int, args, out: Path, base: Path) -> dict[str, float]:
         cmd += ["--sparse-iters", str(args.sparse_iters), "--lambda-s", str(lambda_s(args) * lambda_scale(row))]
     if lam is not None:
         cmd += ["--lam", str(lam)]
-    return run(cmd + probe_flags(row))
+    cmd += probe_flags(row)
+    if finished_as(out, cmd):  # pruned before an interruption, never scored: score it, do not redo it
+        print(f"{out.name}: a finished prune run with these settings is there; scoring it", flush=True)
+        return {"wall_s": None, "cpu_s": None}
+    (out / SCENES).unlink(missing_ok=True)  # the protocol's own file, which npdg prune --overwrite keeps
+    return run(cmd)
+
+
+def finished_as(out: Path, cmd: list[str]) -> bool:
+    """Whether ``out`` holds a finished ``npdg prune`` run of ``cmd``: its summary and model written,
+    its source and recorded prune settings those of the command's flags (a flag not given is None)."""
+    from npdg.config import load_config
+
+    if not all((out / f).is_file() for f in ("prune.json", "model.safetensors", "config.yaml")):
+        return False
+
+    def flag(name: str, kind=float):
+        return kind(cmd[cmd.index(name) + 1]) if name in cmd else None
+
+    p = load_config(out / "config.yaml").prune
+    want = {"criterion": flag("--criterion", str), "rate": flag("--rate"), "finetune_iters": flag("--finetune-iters", int),
+            "sparse_iters": flag("--sparse-iters", int) or 0, "seed": flag("--seed", int), "units": flag("--units", str),
+            "lambda_s": flag("--lambda-s"), "lam": flag("--lam"), "refresh": flag("--refresh", int),
+            "probe_images": flag("--probe-images", int)}
+    same = all(getattr(p, k) == v or isinstance(v, float) and getattr(p, k) is not None
+               and abs(getattr(p, k) - v) <= 1e-9 * max(1.0, abs(v)) for k, v in want.items())
+    return same and json.loads((out / "prune.json").read_text()).get("source") == flag("--run", str)
 
 
 def base_of(row: str, seed: int, args) -> Path:
@@ -296,7 +324,7 @@ def score(out: Path, args) -> dict:
         scenes[d] = scene_confusions(model, SyntheticDataset(d, "test", (h, w), length=args.scenes), 19, device=device)
     for c in CORRUPTIONS:
         scenes[f"corrupt_{c}"] = scene_confusions(model, CorruptedDataset(c, "test", (h, w), args.scenes), 19, device=device)
-    np.savez_compressed(out / "scenes.npz", **scenes)
+    np.savez_compressed(out / SCENES, **scenes)
     cost_path = out / "cost.json"
     if not cost_path.is_file() or "after" not in json.loads(cost_path.read_text()):
         run(PY + ["cost", "--run", str(out), "--size", "512x1024", "--batches", "1", "--repeats", "3",
@@ -348,7 +376,7 @@ def _keep_scenes(out: Path, dest: Path) -> None:
     """Copy the run's per-scene confusions next to its results JSON (committed, a few tens of kB), so the
     bootstrap intervals can be recomputed without the git-ignored run folders."""
     tmp = dest.with_suffix(".tmp.npz")
-    shutil.copyfile(out / "scenes.npz", tmp)
+    shutil.copyfile(out / SCENES, tmp)
     tmp.replace(dest)
 
 
@@ -549,7 +577,7 @@ def gamma_plot(results: dict[str, list[dict]], args, path: Path) -> Path | None:
 
 def _scenes_path(row: str, seed: int, args) -> Path | None:
     """The run's per-scene confusions: the copy kept next to its JSON, else the run folder's, else None."""
-    for path in (args.results / f"{row}_s{seed}.npz", args.out / f"{row}_s{seed}" / "scenes.npz"):
+    for path in (args.results / f"{row}_s{seed}.npz", args.out / f"{row}_s{seed}" / SCENES):
         if path.is_file():
             return path
     return None

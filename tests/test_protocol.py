@@ -127,6 +127,35 @@ def test_probe_rows_pass_the_refresh_count_or_the_probe_size_of_npdg_alone(proto
     assert flags[flags.index("--criterion") + 1] == "npdg" and "--sparse-iters" in flags
 
 
+def test_a_pruned_but_unscored_run_is_scored_not_made_again(protocol, monkeypatch, tmp_path):
+    """An interrupted protocol that had pruned a row but not scored it: the next call reuses the run
+    when its recorded settings are the row's, and otherwise re-prunes it after removing only its own
+    scenes file (npdg prune --overwrite refuses a folder holding files npdg did not write)."""
+    import argparse
+    import json
+
+    from npdg.config import Config, PruneConfig, dump_config
+
+    args = argparse.Namespace(rate=0.3, finetune_iters=200, sparse_iters=200, lambda_s="auto", dsp="assets/dsp_tiny",
+                              device="cpu", units="all")
+    out, base = tmp_path / "npdg_s0", tmp_path / "dsp_s0"
+    out.mkdir()
+    (out / "model.safetensors").write_bytes(b"x")
+    (out / protocol.SCENES).write_bytes(b"x")
+    (out / "prune.json").write_text(json.dumps({"source": str(base)}))
+    made = PruneConfig(criterion="npdg", rate=0.3, sparse_iters=200, finetune_iters=200, seed=0, units="all",
+                       lambda_s=0.05 * 60 / 200)
+    dump_config(Config(prune=made), out / "config.yaml")
+    seen = []
+    monkeypatch.setattr(protocol, "run", lambda cmd: seen.append(cmd) or {"wall_s": 1.0, "cpu_s": 2.0})
+    assert protocol.prune("npdg", 0, args, out, base) == {"wall_s": None, "cpu_s": None} and seen == []
+    assert (out / protocol.SCENES).is_file()
+    protocol.prune("npdg_rf1", 0, args, out, base)  # another setting: made again, our scenes file gone
+    assert len(seen) == 1 and not (out / protocol.SCENES).exists()
+    assert not protocol.finished_as(out, [*seen[0][:seen[0].index("--run") + 1], str(tmp_path / "other"),
+                                          *seen[0][seen[0].index("--run") + 2:]])
+
+
 def test_bootstrap_intervals_come_from_the_kept_scenes_without_the_run_folders(protocol, tmp_path):
     """Each run's per-scene confusions are copied next to its JSON, so the table's intervals survive a
     fresh machine (the git-ignored run folders gone)."""
