@@ -227,13 +227,27 @@ def base_of(row: str, seed: int, args) -> Path:
     ``npdg`` row's sparse-trained model."""
     if parse_row(row)[2] is not None:
         sparse = args.out / f"npdg_s{seed}" / "sparse"
-        if not (args.results / f"npdg_s{seed}.json").is_file() or not (sparse / "model.safetensors").is_file():
+        if not (args.results / f"npdg_s{seed}.json").is_file() or trained_to(sparse) != args.sparse_iters:
             do_row("npdg", seed, args, rebuild=True)
         return sparse
     base = args.out / f"dsp_s{seed}"
-    if not (args.results / f"dsp_s{seed}.json").is_file() or not (base / "model.safetensors").is_file():
+    if not (args.results / f"dsp_s{seed}.json").is_file() or trained_to(base) != args.base_iters:
         do_row("dsp", seed, args, rebuild=True)
     return base
+
+
+def trained_to(run: Path) -> int | None:
+    """The iteration the weights of ``run`` were saved at (``model.safetensors`` metadata), or None
+    without weights. The training loop refreshes that file at every checkpoint, so its presence alone
+    does not say a training finished: an interrupted base must be resumed, not pruned."""
+    from safetensors import safe_open
+
+    path = run / "model.safetensors"
+    if not path.is_file():
+        return None
+    with safe_open(str(path), "pt") as f:
+        it = (f.metadata() or {}).get("iter")
+    return int(it) if it is not None and it.isdigit() else None
 
 
 def sparse_of(out: Path, crit: str) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from conftest import bench_module
 
 
@@ -125,6 +126,27 @@ def test_probe_rows_pass_the_refresh_count_or_the_probe_size_of_npdg_alone(proto
     flags = seen[0]
     assert flags[flags.index("--probe-images") + 1] == "32" and "--refresh" not in flags
     assert flags[flags.index("--criterion") + 1] == "npdg" and "--sparse-iters" in flags
+
+
+def test_an_interrupted_base_is_resumed_before_a_prune_row_uses_it(protocol, monkeypatch, tmp_path):
+    """The loop refreshes model.safetensors at every checkpoint: a base saved at iteration 550 of 800
+    is not finished, so base_of trains it on (do_row) instead of pruning a half-trained model."""
+    import argparse
+    import json
+
+    from safetensors.torch import save_file
+
+    args = argparse.Namespace(out=tmp_path / "runs", results=tmp_path / "res", base_iters=800, sparse_iters=200)
+    (args.out / "dsp_s0").mkdir(parents=True)
+    args.results.mkdir()
+    (args.results / "dsp_s0.json").write_text(json.dumps({"row": "dsp"}))
+    made = []
+    monkeypatch.setattr(protocol, "do_row", lambda row, seed, a, rebuild=False: made.append((row, rebuild)))
+    for it, expect in (("550", [("dsp", True)]), ("800", [])):
+        made.clear()
+        save_file({"w": torch.zeros(1)}, str(args.out / "dsp_s0" / "model.safetensors"), metadata={"iter": it})
+        assert protocol.base_of("npdg", 0, args) == args.out / "dsp_s0" and made == expect
+    assert protocol.trained_to(tmp_path / "nowhere") is None
 
 
 def test_a_pruned_but_unscored_run_is_scored_not_made_again(protocol, monkeypatch, tmp_path):
