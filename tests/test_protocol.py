@@ -91,8 +91,19 @@ def test_corruption_table_gives_each_corruption_domain_over_seeds(protocol):
     assert protocol.corruption_table({"npdg": []}) == ""
 
 
-def test_lambda_s_rows_scale_the_rule_for_a_sparse_criterion_only(protocol, monkeypatch, tmp_path):
+def _prune_command(protocol, monkeypatch, tmp_path, row: str) -> list[str]:
+    """The ``npdg prune`` command the protocol runs for ``row`` (seed 0, the cpu preset's budget)."""
     import argparse
+
+    seen = []
+    monkeypatch.setattr(protocol, "run", lambda cmd: seen.append(cmd) or {"wall_s": 0.0, "cpu_s": 0.0})
+    args = argparse.Namespace(rate=0.3, finetune_iters=200, sparse_iters=200, lambda_s="auto", dsp="assets/dsp_tiny",
+                              device="cpu", units="all")
+    protocol.prune(row, 0, args, tmp_path / "r", tmp_path / "base")
+    return seen[0]
+
+
+def test_lambda_s_rows_scale_the_rule_for_a_sparse_criterion_only(protocol, monkeypatch, tmp_path):
 
     assert protocol.parse_row("npdg_ls0.25") == ("npdg", None, None)
     assert protocol.lambda_scale("slimming_ls0.1") == 0.1 and protocol.lambda_scale("npdg") == 1.0
@@ -100,30 +111,19 @@ def test_lambda_s_rows_scale_the_rule_for_a_sparse_criterion_only(protocol, monk
         with pytest.raises(ValueError):
             protocol.parse_row(bad)
     assert all(protocol.parse_row(r) for r in protocol.LS_ROWS)
-    seen = []
-    monkeypatch.setattr(protocol, "run", lambda cmd: seen.append(cmd) or {"wall_s": 0.0, "cpu_s": 0.0})
-    args = argparse.Namespace(rate=0.3, finetune_iters=200, sparse_iters=200, lambda_s="auto", dsp="assets/dsp_tiny",
-                              device="cpu", units="all")
-    protocol.prune("slimming_ls0.1", 0, args, tmp_path / "r", tmp_path / "base")
-    flags = seen[0]
+    flags = _prune_command(protocol, monkeypatch, tmp_path, "slimming_ls0.1")
     assert flags[flags.index("--criterion") + 1] == "slimming"
     assert float(flags[flags.index("--lambda-s") + 1]) == pytest.approx(0.1 * 0.05 * 60 / 200)
 
 
 def test_probe_rows_pass_the_refresh_count_or_the_probe_size_of_npdg_alone(protocol, monkeypatch, tmp_path):
-    import argparse
 
     assert all(protocol.parse_row(r) == ("npdg", None, None) for r in protocol.PROBE_ROWS)
     for bad in ("slimming_rf1", "l1norm_pi32", "npdg_rf4_pi32", "npdg_ls0.25_rf1", "npdg_r0.1_rf1", "npdg_pi0"):
         with pytest.raises(ValueError):
             protocol.parse_row(bad)
     assert protocol.probe_flags("npdg") == [] and protocol.probe_flags("npdg_rf16") == ["--refresh", "16"]
-    seen = []
-    monkeypatch.setattr(protocol, "run", lambda cmd: seen.append(cmd) or {"wall_s": 0.0, "cpu_s": 0.0})
-    args = argparse.Namespace(rate=0.3, finetune_iters=200, sparse_iters=200, lambda_s="auto", dsp="assets/dsp_tiny",
-                              device="cpu", units="all")
-    protocol.prune("npdg_pi32", 0, args, tmp_path / "r", tmp_path / "base")
-    flags = seen[0]
+    flags = _prune_command(protocol, monkeypatch, tmp_path, "npdg_pi32")
     assert flags[flags.index("--probe-images") + 1] == "32" and "--refresh" not in flags
     assert flags[flags.index("--criterion") + 1] == "npdg" and "--sparse-iters" in flags
 
