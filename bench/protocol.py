@@ -203,23 +203,18 @@ def prune(row: str, seed: int, args, out: Path, base: Path) -> dict[str, float]:
 
 def finished_as(out: Path, cmd: list[str]) -> bool:
     """Whether ``out`` holds a finished ``npdg prune`` run of ``cmd``: its summary and model written,
-    its source and recorded prune settings those of the command's flags (a flag not given is None)."""
+    its source that of ``--run`` and its recorded prune section the one ``cmd``'s flags make (parsed
+    by the command's own parser and ``npdg.cli.prune.prune_config``)."""
+    from npdg.cli.prune import prune_config, register
     from npdg.config import load_config
 
     if not all((out / f).is_file() for f in ("prune.json", "model.safetensors", "config.yaml")):
         return False
-
-    def flag(name: str, kind=float):
-        return kind(cmd[cmd.index(name) + 1]) if name in cmd else None
-
-    p = load_config(out / "config.yaml").prune
-    want = {"criterion": flag("--criterion", str), "rate": flag("--rate"), "finetune_iters": flag("--finetune-iters", int),
-            "sparse_iters": flag("--sparse-iters", int) or 0, "seed": flag("--seed", int), "units": flag("--units", str),
-            "lambda_s": flag("--lambda-s"), "lam": flag("--lam"), "refresh": flag("--refresh", int),
-            "probe_images": flag("--probe-images", int)}
-    same = all(getattr(p, k) == v or isinstance(v, float) and getattr(p, k) is not None
-               and abs(getattr(p, k) - v) <= 1e-9 * max(1.0, abs(v)) for k, v in want.items())
-    return same and json.loads((out / "prune.json").read_text()).get("source") == flag("--run", str)
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(cmd[len(PY):])
+    return (load_config(out / "config.yaml").prune == prune_config(args)
+            and json.loads((out / "prune.json").read_text()).get("source") == str(args.run))
 
 
 def base_of(row: str, seed: int, args) -> Path:

@@ -166,7 +166,7 @@ def test_a_pruned_but_unscored_run_is_scored_not_made_again(protocol, monkeypatc
     (out / protocol.SCENES).write_bytes(b"x")
     (out / "prune.json").write_text(json.dumps({"source": str(base)}))
     made = PruneConfig(criterion="npdg", rate=0.3, sparse_iters=200, finetune_iters=200, seed=0, units="all",
-                       lambda_s=0.05 * 60 / 200)
+                       lambda_s=0.05 * 60 / 200, dsp="assets/dsp_tiny")  # what npdg prune records for that row
     dump_config(Config(prune=made), out / "config.yaml")
     seen = []
     monkeypatch.setattr(protocol, "run", lambda cmd: seen.append(cmd) or {"wall_s": 1.0, "cpu_s": 2.0})
