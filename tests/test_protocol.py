@@ -242,3 +242,33 @@ def test_sparse_phase_table_sets_the_model_before_pruning_against_the_final_one(
     rows = text.splitlines()[2:]
     assert len(rows) == 1  # l1norm has no sparse phase, slimming no run, dsp_budget is a training row
     assert rows[0].startswith("| npdg | 0 | 0.015 | 14.0 → 12.0 | 30.0 → 24.0 |") and rows[0].endswith("| 15.0 / 36.0 |")
+
+
+def test_schedule_sets_each_pruned_row_against_the_dense_model_of_its_own_schedule(tmp_path):
+    import json
+
+    schedule = bench_module("schedule")
+
+    def result(row: str, held: float, sparse: int, finetune: int) -> dict:
+        miou = {"source": held + 0.2}
+        return {"row": row, "seed": 0, "miou": miou, "heldout_mean": held, "corrupt_mean": held + 0.1,
+                "gflops": 36.9, "gamma_abs_std": 0.07,
+                "settings": {"base_iters": 800, "sparse_iters": sparse, "finetune_iters": finetune}}
+
+    short, long = tmp_path / "short", tmp_path / "long"
+    for d, its, budget, npdg in ((short, 200, 0.15, 0.13), (long, 800, 0.165, 0.155)):
+        d.mkdir()
+        (d / "dsp_budget_s0.json").write_text(json.dumps(result("dsp_budget", budget, its, its)))
+        (d / "npdg_s0.json").write_text(json.dumps(result("npdg", npdg, its, its)))
+    found = schedule.load([long, short], ["dsp_budget", "npdg"], [0])
+    lines = schedule.table(found, boot=10).splitlines()[2:]
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
+    assert [c[:2] for c in cells] == [["dsp_budget", "400"], ["dsp_budget", "1600"], ["npdg", "400"], ["npdg", "1600"]]
+    assert cells[2][5] == "-2.0 (scenes not kept)" and cells[3][5] == "-1.0 (scenes not kept)"  # vs its own budget
+    assert cells[0][5] == "–"
+    assert schedule.plot(found, tmp_path / "s.png", "t").stat().st_size > 5000
+    assert schedule.plot(found[:1], tmp_path / "one.png", "t") is None  # one schedule: nothing to draw
+    (short / "npdg_s0.json").write_text(json.dumps(result("npdg", 0.13, 200, 100)))
+    (short / "npdg_s1.json").write_text(json.dumps(result("npdg", 0.13, 200, 200)))
+    with pytest.raises(SystemExit, match="different schedules"):
+        schedule.load([short], ["npdg"], [0, 1])
