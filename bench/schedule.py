@@ -114,13 +114,13 @@ def plot(found: list[dict], path: Path, title: str) -> Path | None:
     for i, row in enumerate(rows):
         pts = sorted((e["iters"], e["runs"]) for e in found if e["row"] == row)
         for ax, (key, label) in zip(axes, keys):
-            ys = [100 * np.mean([r["miou"]["source"] if key == "source" else r[key] for r in rs]) for _, rs in pts]
+            ys = [100 * np.mean([r["miou"][key] if key in r["miou"] else r[key] for r in rs]) for _, rs in pts]
             ax.plot([x for x, _ in pts], ys, "o" + (":" if row == protocol.REFERENCE else "-"), color=f"C{i}",
                     label=row)
             ax.set_title(label, fontsize=10)
+    xs = sorted({e["iters"] for e in found})
     for ax in axes:
         ax.set_xscale("log", base=2)
-        xs = sorted({e["iters"] for e in found})
         ax.set_xticks(xs, [str(x) for x in xs])
         ax.set_xlabel(f"iterations after the {base} base")
         ax.grid(alpha=0.3)
