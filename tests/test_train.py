@@ -157,6 +157,40 @@ def test_resume_matches_uninterrupted_run_bitwise(tmp_path, mode):
     np.testing.assert_array_equal(ma["loss"].to_numpy(), mb["loss"].to_numpy())
 
 
+@pytest.mark.parametrize("crash_on", [0, 1])
+def test_a_crash_inside_the_final_checkpoint_write_resumes_to_the_same_weights(tmp_path, monkeypatch, crash_on):
+    """Die at each write of the last checkpoint (weights file, ``last.pt``), resume, and get the
+    uninterrupted run's ``model.safetensors`` bit for bit — a ``last.pt`` newer than the weights
+    would make the resume start at the end and never rewrite them."""
+    import npdg.train.loop as loop
+    from npdg.models.weights import read_state_dict
+
+    cfg = tiny_cfg("train.iters=7", "train.checkpoint_every=3")
+    data = BlockDataset(n=10)
+    train(cfg, tmp_path / "full", model=tiny_model(), train_dataset=data, device="cpu", evaluate_at_end=False)
+
+    writes: list[str] = []
+    def dying(real, iter_of):
+        def write(obj, path, *rest):
+            if int(iter_of(obj, rest)) == 7:  # a write of the final checkpoint
+                writes.append(Path(path).name)
+                if len(writes) - 1 == crash_on:
+                    raise Interrupt(f"killed while writing {path}")
+            return real(obj, path, *rest)
+        return write
+    monkeypatch.setattr(loop, "save_weights", dying(loop.save_weights, lambda obj, rest: rest[0]["iter"]))
+    monkeypatch.setattr(loop, "save_checkpoint", dying(loop.save_checkpoint, lambda obj, rest: obj["iter"]))
+    with pytest.raises(Interrupt):
+        train(cfg, tmp_path / "cut", model=tiny_model(), train_dataset=data, device="cpu", evaluate_at_end=False)
+    monkeypatch.undo()
+    result = train(cfg, tmp_path / "cut", resume=True, model=tiny_model(seed=123), train_dataset=data,
+                   device="cpu", evaluate_at_end=False)
+    assert result.iters_done == 7
+    a, b = read_state_dict(tmp_path / "full" / "model.safetensors"), read_state_dict(tmp_path / "cut" / "model.safetensors")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), f"stale weights after a crash at write {crash_on} of {writes}"
+
+
 def test_checkpoint_is_weights_only_and_complete(tmp_path):
     cfg = tiny_cfg("train.iters=3", "train.checkpoint_every=3", "train.keep_checkpoints=true")
     train(cfg, tmp_path / "run", model=tiny_model(), train_dataset=BlockDataset(), device="cpu")

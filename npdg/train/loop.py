@@ -252,12 +252,18 @@ def checkpoint_state(ctx: TrainContext, scaler: torch.amp.GradScaler, aug_gen: t
 
 
 def write_checkpoint(ctx: TrainContext, state: dict[str, Any]) -> Path:
-    """Atomically write ``last.pt`` (and ``iter_XXXXXX.pt`` if kept) and refresh ``model.safetensors``."""
+    """Atomically refresh ``model.safetensors`` (and ``iter_XXXXXX.pt`` if kept), then write ``last.pt``.
+
+    ``last.pt`` is written last because it is the commit point a resume starts from: a process
+    killed between the writes leaves weights at least as new as ``last.pt``, and the resume redoes
+    the iteration and rewrites them. The other order could leave a final ``last.pt`` next to the
+    previous iteration's weights, which a resume at the last iteration would never refresh.
+    """
     assert ctx.run is not None
-    save_checkpoint(state, ctx.run.last_checkpoint)
+    save_weights(ctx.model, ctx.run.weights, {"iter": str(ctx.step), "mode": ctx.cfg.train.mode})
     if ctx.cfg.train.keep_checkpoints:
         save_checkpoint(state, ctx.run.iter_checkpoint(ctx.step))
-    save_weights(ctx.model, ctx.run.weights, {"iter": str(ctx.step), "mode": ctx.cfg.train.mode})
+    save_checkpoint(state, ctx.run.last_checkpoint)
     return ctx.run.last_checkpoint
 
 
