@@ -191,6 +191,30 @@ def test_a_crash_inside_the_final_checkpoint_write_resumes_to_the_same_weights(t
     assert all(torch.equal(a[k], b[k]) for k in a), f"stale weights after a crash at write {crash_on} of {writes}"
 
 
+def test_the_final_weights_are_written_once_and_match_last_pt_and_the_model(tmp_path, monkeypatch):
+    """The last iteration's checkpoint is the only write of the final weights (no second end save),
+    and the run folder's weights, ``last.pt`` and the returned model agree bit for bit."""
+    import npdg.train.loop as loop
+    from npdg.models.weights import read_state_dict
+
+    iters_written: list[str] = []
+    real = loop.save_weights
+    def counting(model, path, meta):
+        iters_written.append(meta["iter"])
+        return real(model, path, meta)
+    monkeypatch.setattr(loop, "save_weights", counting)
+    cfg = tiny_cfg("train.iters=7", "train.checkpoint_every=3")
+    model = tiny_model()
+    train(cfg, tmp_path / "run", model=model, train_dataset=BlockDataset(n=10), device="cpu", evaluate_at_end=False)
+    assert iters_written == ["3", "6", "7"]
+    on_disk = read_state_dict(tmp_path / "run" / "model.safetensors")
+    in_ckpt = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["model"]
+    live = model.state_dict()
+    assert on_disk.keys() == live.keys()
+    for k in live:
+        assert torch.equal(on_disk[k], live[k]) and torch.equal(in_ckpt[k], live[k]), k
+
+
 def test_checkpoint_is_weights_only_and_complete(tmp_path):
     cfg = tiny_cfg("train.iters=3", "train.checkpoint_every=3", "train.keep_checkpoints=true")
     train(cfg, tmp_path / "run", model=tiny_model(), train_dataset=BlockDataset(), device="cpu")

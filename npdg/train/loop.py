@@ -112,7 +112,12 @@ class TrainContext:
 
 @dataclass(frozen=True)
 class Callback:
-    """Call ``fn(ctx)`` every ``every`` iterations (after logging and checkpointing at that step)."""
+    """Call ``fn(ctx)`` every ``every`` iterations (after logging and checkpointing at that step).
+
+    At the last iteration the final checkpoint (``last.pt`` and ``model.safetensors``) is already
+    written when callbacks run, so a callback that changes the model there changes only the returned
+    in-memory model, not the run folder (the built-in sensitivity refresh skips the last iteration).
+    """
 
     every: int
     fn: Callable[[TrainContext], None]
@@ -561,11 +566,10 @@ def train(
         if progress is not None and info.is_main:
             progress(ctx.step, cfg.train.iters, metrics)
 
-    # ---- end: consistent buffers, final weights, final evaluation
+    # ---- end: consistent buffers, final evaluation. The final weights are already on disk: the
+    # last iteration always writes a checkpoint (``due_ckpt``), weights first (``write_checkpoint``).
     if info.enabled:
         broadcast_buffers(model, info)
-    if run is not None and info.is_main and start < cfg.train.iters:
-        save_weights(model, run.weights, {"iter": str(ctx.step), "mode": cfg.train.mode})
     final_eval = None
     if evaluate_at_end and (eval_datasets is not None or train_dataset is None):
         ckpt_name = str(run.weights) if run is not None else None
