@@ -29,7 +29,8 @@ domains, the source, ``suburb`` (content shift, not averaged) and the 6 corrupti
 confusion matrices are kept (``scenes.npz`` in the run folder, copied to ``--results``/``<row>_s<seed>.npz``
 so the table can be remade without the run folders), so the table gives, next to the
 seed std, a paired bootstrap 95 % interval over scenes of each row minus ``dsp_budget``
-(``npdg.significance``). Each run's figures go to ``--results``/``<row>_s<seed>.json`` (kept in the
+(``npdg.significance``); ``--reference ROW`` takes the intervals against another row instead (say
+``--table-only --reference slimming``: npdg − slimming) and writes ``table_vs_<ROW>.md``. Each run's figures go to ``--results``/``<row>_s<seed>.json`` (kept in the
 repository): per-domain mIoU, the means, GFLOPs and parameters at 512×1024 (``npdg cost``), CPU
 latency, the spread of BN |γ|, and the wall and CPU time of the training command (a resumed run
 counts only its last part).
@@ -74,7 +75,7 @@ sys.path.insert(0, str(ROOT))
 from npdg.data.corruptions import CORRUPTIONS, DISTINCT, CorruptedDataset  # noqa: E402
 from npdg.data.synthetic import SyntheticDataset, domain_names  # noqa: E402
 from npdg.recipes.modes import CRITERIA  # noqa: E402
-from npdg.runs import atomic_write_json  # noqa: E402
+from npdg.runs import atomic_write_json, atomic_write_text  # noqa: E402
 from npdg.significance import mean_miou, miou_of, paired_bootstrap, scene_confusions  # noqa: E402
 
 PY = [sys.executable, "-m", "npdg"]
@@ -112,9 +113,16 @@ ROW_PATTERN = re.compile(r"^(?P<crit>npdg_unary|npdg_binary|npdg|slimming|l1norm
 HELDOUT = tuple(domain_names("heldout"))
 CORRUPT = tuple(f"corrupt_{c}" for c in CORRUPTIONS)
 CORRUPT_DISTINCT = tuple(f"corrupt_{c}" for c in DISTINCT)
+#: The row every other row's bootstrap interval is taken against unless ``--reference`` names another.
 REFERENCE = "dsp_budget"
 #: The per-scene confusions ``score`` writes into a run folder (and copies next to the results JSON).
 SCENES = "scenes.npz"
+
+
+def reference_of(args) -> str:
+    """The row the intervals compare against: ``--reference`` (default ``dsp_budget``, the dense model
+    trained as long as the pruned rows, docs/method.md)."""
+    return getattr(args, "reference", None) or REFERENCE
 
 
 def parse_row(row: str) -> tuple[str, float | None, float | None]:
@@ -394,11 +402,12 @@ def sparse_phase(rows: list[str], seeds: list[int], args) -> str:
     fine-tuning) against the row's final model and ``dsp_budget`` — does the sparse phase itself cost
     the source, or the pruning? Scores ``<row>_s<seed>/sparse`` (kept as ``<row>_s<seed>.sparse.json``
     and ``.sparse.npz``); a row whose sparse folder is gone and was never scored is skipped."""
+    reference = reference_of(args)
     lines = ["| row | seed | λ_s | held-out: sparse phase → final | source: sparse phase → final | "
-             "corruptions: sparse phase → final | BN \\|γ\\| std after the sparse phase | dsp_budget held-out / source |",
+             f"corruptions: sparse phase → final | BN \\|γ\\| std after the sparse phase | {reference} held-out / source |",
              "|---|---|---|---|---|---|---|---|"]
     for seed in seeds:
-        ref = args.results / f"{REFERENCE}_s{seed}.json"
+        ref = args.results / f"{reference}_s{seed}.json"
         for row in rows:
             final = args.results / f"{row}_s{seed}.json"
             crit, _, rate = parse_row(row) if row not in TRAIN_ROWS else (row, None, None)
@@ -435,13 +444,15 @@ def ms(vals: list[float], scale: float = 100.0, digits: int = 1) -> str:
 
 def table(results: dict[str, list[dict]], args) -> str:
     """Markdown: per-domain mean ± std over seeds (sample std, ddof 1), the means, the bootstrap interval
-    vs dsp_budget, costs (GFLOPs and batch-1 CPU latency at the cost size, as ``npdg cost`` measured)."""
-    cols = ["source", *HELDOUT, "held-out", "Δ vs dsp_budget [95 % CI]", "corruptions", "Δ corr. [95 % CI]",
+    against the reference row (``--reference``, default dsp_budget), costs (GFLOPs and batch-1 CPU latency
+    at the cost size, as ``npdg cost`` measured)."""
+    reference = reference_of(args)
+    cols = ["source", *HELDOUT, "held-out", f"Δ vs {reference} [95 % CI]", "corruptions", "Δ corr. [95 % CI]",
             "suburb", "GFLOPs", "params (M)", "CPU ms (b1)", "BN \\|γ\\| std"]
     lines = ["| row | seeds | " + " | ".join(cols) + " |", "|---" * (len(cols) + 2) + "|"]
 
-    ref = results.get(REFERENCE) or [json.loads(f.read_text()) for s in args.seeds  # e.g. for the ablations
-                                      if (f := args.results / f"{REFERENCE}_s{s}.json").is_file()]
+    ref = results.get(reference) or [json.loads(f.read_text()) for s in args.seeds  # e.g. for the ablations
+                                      if (f := args.results / f"{reference}_s{s}.json").is_file()]
     for row, rs in results.items():
         if not rs:
             continue
@@ -598,14 +609,17 @@ def _scenes(row: str, seed: int, args) -> dict[str, np.ndarray]:
 
 
 def _ci(row: str, rs: list[dict], ref: list[dict], domains, args) -> str:
-    if row == REFERENCE or not ref:
+    """``row − reference`` mean mIoU over ``domains`` with its paired bootstrap 95 % interval over the
+    scenes of the seeds both have (npdg.significance.paired_bootstrap)."""
+    reference = reference_of(args)
+    if row == reference or not ref:
         return "–"
     seeds = sorted({r["seed"] for r in rs} & {r["seed"] for r in ref})
-    here = [s for s in seeds if _scenes_path(row, s, args) and _scenes_path(REFERENCE, s, args)]
+    here = [s for s in seeds if _scenes_path(row, s, args) and _scenes_path(reference, s, args)]
     if not here:
         return "(scenes not here)"
     a = [_scenes(row, s, args) for s in here]
-    b = [_scenes(REFERENCE, s, args) for s in here]
+    b = [_scenes(reference, s, args) for s in here]
     ci = paired_bootstrap(a, b, domains, n_boot=args.boot)
     text = f"{100 * ci['diff']:+.1f} [{100 * ci['low']:+.1f}, {100 * ci['high']:+.1f}]"
     # runs scored before their scenes were kept, whose run folders are gone: say which seeds the interval has
@@ -663,6 +677,9 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra overrides of every training")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--boot", type=int, default=1000, help="bootstrap resamples")
+    ap.add_argument("--reference", default=REFERENCE,
+                    help="the row the Δ columns and their intervals compare against (default dsp_budget); another "
+                         "reference writes table_vs_<row>.md and leaves table.md alone")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "protocol")
     ap.add_argument("--results", type=Path, help="per-run JSONs (default bench/results/protocol/<preset>)")
     ap.add_argument("--table-only", action="store_true", help="tabulate the finished runs, train nothing")
@@ -682,7 +699,7 @@ def main() -> None:
     group = args.rows[0] if len(args.rows) == 1 and args.rows[0] in ROW_GROUPS else None
     if group:
         args.rows = list(ROW_GROUPS[group])
-    unknown = [r for r in args.rows if r not in TRAIN_ROWS and not ROW_PATTERN.match(r)]
+    unknown = [r for r in [*args.rows, args.reference] if r not in TRAIN_ROWS and not ROW_PATTERN.match(r)]
     if unknown:
         ap.error(f"unknown rows {unknown}; valid: {', '.join(TRAIN_ROWS + PRUNE_ROWS)}, "
                  + ", ".join(f"{g} (= {' '.join(rs)})" for g, rs in ROW_GROUPS.items())
@@ -717,12 +734,16 @@ def main() -> None:
         phase = sparse_phase(args.rows, args.seeds, args)
         if phase:
             print("\nEach sparse row right after its sparse phase (dense) and after pruning + fine-tuning:\n\n" + phase)
-            (args.results / "sparse_phase.md").write_text(phase + "\n")
+            atomic_write_text(phase + "\n", args.results / ("sparse_phase.md" if args.reference == REFERENCE
+                                                             else f"sparse_phase_vs_{args.reference}.md"))
     group = next((g for g, rs in ROW_GROUPS.items() if set(args.rows) <= set(rs)), None)
     main_rows = group is None and set(args.rows) <= {*TRAIN_ROWS, *PRUNE_ROWS}
     # the main table (and its plot) only from main rows: a mixed row set must not overwrite it
-    (args.results / (f"{group}.md" if group else "table.md" if main_rows else "other_rows.md")).write_text(text + "\n")
-    if main_rows:
+    name = f"{group}.md" if group else "table.md" if main_rows else "other_rows.md"
+    if args.reference != REFERENCE:  # the committed tables are against dsp_budget: keep them
+        name = name.removesuffix(".md") + f"_vs_{args.reference}.md"
+    atomic_write_text(text + "\n", args.results / name)
+    if main_rows and args.reference == REFERENCE:
         plot = gamma_plot(results, args, args.results / "gamma_spread.png")
         print(f"plot: {plot}" if plot else "plot: not enough runs yet")
     if group == "ablations":

@@ -272,3 +272,34 @@ def test_schedule_sets_each_pruned_row_against_the_dense_model_of_its_own_schedu
     (short / "npdg_s1.json").write_text(json.dumps(result("npdg", 0.13, 200, 200)))
     with pytest.raises(SystemExit, match="different schedules"):
         schedule.load([short], ["npdg"], [0, 1])
+
+
+def test_reference_row_sets_the_intervals_against_another_row(protocol, tmp_path):
+    """``--reference slimming``: the Δ column is npdg − slimming, computed from the kept scenes, and
+    dsp_budget (no longer the reference) gets an interval of its own."""
+    import argparse
+
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    doms = ("source", *protocol.HELDOUT, "suburb", *protocol.CORRUPT)
+    eye = np.eye(19, dtype=np.int64) * 50
+
+    def keep(row: str, noise: int) -> dict:
+        np.savez_compressed(tmp_path / f"{row}_s0.npz",
+                            **{d: rng.integers(0, noise + 1, size=(20, 19, 19)) + eye for d in doms})
+        miou = dict.fromkeys(doms, 0.1)
+        return {"row": row, "seed": 0, "miou": miou, "heldout_mean": 0.1, "corrupt_mean": 0.1, "gflops": 1.0,
+                "params": 1e6, "gamma_abs_std": 0.05}
+
+    results = {row: [keep(row, noise)] for row, noise in (("dsp_budget", 2), ("npdg", 25), ("slimming", 25))}
+    args = argparse.Namespace(results=tmp_path, out=tmp_path / "runs", seeds=[0], boot=50, reference="slimming")
+    header, _, *rows = protocol.table(results, args).splitlines()
+    assert "Δ vs slimming [95 % CI]" in header and "dsp_budget [95" not in header
+    at = 3 + 1 + len(protocol.HELDOUT)
+    cells = {r.split("|")[1].strip(): [c.strip() for c in r.strip("|").split("|")] for r in rows}
+    assert cells["slimming"][at] == "–"  # the reference itself
+    budget = float(cells["dsp_budget"][at].split()[0])
+    npdg = float(cells["npdg"][at].split()[0])
+    assert budget > 5 and abs(npdg) < budget  # the clean model beats slimming by far; npdg about ties it
+    assert protocol.reference_of(argparse.Namespace()) == "dsp_budget"
