@@ -125,6 +125,13 @@ def reference_of(args) -> str:
     return getattr(args, "reference", None) or REFERENCE
 
 
+def file_for(name: str, args) -> Path:
+    """``--results``/``name``, or ``<stem>_vs_<ROW>.md`` under another ``--reference``: the committed
+    tables against dsp_budget are never overwritten by a table against another row."""
+    reference = reference_of(args)
+    return args.results / (name if reference == REFERENCE else name.removesuffix(".md") + f"_vs_{reference}.md")
+
+
 def parse_row(row: str) -> tuple[str, float | None, float | None]:
     """(criterion, λ or None, rate or None) of a prune row such as ``npdg``, ``npdg_lam0.2``, ``npdg_r0.1``."""
     m = ROW_PATTERN.match(row)
@@ -399,7 +406,7 @@ def _keep_scenes(out: Path, dest: Path) -> None:
 
 def sparse_phase(rows: list[str], seeds: list[int], args) -> str:
     """Markdown: each sparse row's model right after its sparse phase (dense, before pruning and
-    fine-tuning) against the row's final model and ``dsp_budget`` — does the sparse phase itself cost
+    fine-tuning) against the row's final model and the reference row (``dsp_budget``) — does the sparse phase itself cost
     the source, or the pruning? Scores ``<row>_s<seed>/sparse`` (kept as ``<row>_s<seed>.sparse.json``
     and ``.sparse.npz``); a row whose sparse folder is gone and was never scored is skipped."""
     reference = reference_of(args)
@@ -734,15 +741,11 @@ def main() -> None:
         phase = sparse_phase(args.rows, args.seeds, args)
         if phase:
             print("\nEach sparse row right after its sparse phase (dense) and after pruning + fine-tuning:\n\n" + phase)
-            atomic_write_text(phase + "\n", args.results / ("sparse_phase.md" if args.reference == REFERENCE
-                                                             else f"sparse_phase_vs_{args.reference}.md"))
+            atomic_write_text(phase + "\n", file_for("sparse_phase.md", args))
     group = next((g for g, rs in ROW_GROUPS.items() if set(args.rows) <= set(rs)), None)
     main_rows = group is None and set(args.rows) <= {*TRAIN_ROWS, *PRUNE_ROWS}
     # the main table (and its plot) only from main rows: a mixed row set must not overwrite it
-    name = f"{group}.md" if group else "table.md" if main_rows else "other_rows.md"
-    if args.reference != REFERENCE:  # the committed tables are against dsp_budget: keep them
-        name = name.removesuffix(".md") + f"_vs_{args.reference}.md"
-    atomic_write_text(text + "\n", args.results / name)
+    atomic_write_text(text + "\n", file_for(f"{group}.md" if group else "table.md" if main_rows else "other_rows.md", args))
     if main_rows and args.reference == REFERENCE:
         plot = gamma_plot(results, args, args.results / "gamma_spread.png")
         print(f"plot: {plot}" if plot else "plot: not enough runs yet")
